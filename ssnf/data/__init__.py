@@ -1,0 +1,1 @@
+"""Datasets: layout readers, leakage-free splits, tensors, and procedural demo data."""

@@ -1,0 +1,48 @@
+"""Samples as tensors: resized images in [0, 1] and their masks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ssnf.data.io import open_image, open_mask
+from ssnf.data.layouts import Sample
+
+
+def load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(image uint8 [S, S, 3], mask bool [S, S])``: bilinear (antialiased) for the image, nearest for the mask."""
+    image = open_image(sample.image)
+    if sample.mask is not None:
+        mask_img = open_mask(sample.mask, (image.height, image.width))
+        mask = np.asarray(mask_img.resize((size, size), Image.NEAREST)) > 0
+    else:
+        mask = np.zeros((size, size), dtype=bool)
+    image = image.resize((size, size), Image.BILINEAR)
+    return np.array(image), mask
+
+
+class ImageDataset(Dataset):
+    """Items: ``image`` float32 [3, S, S] in [0, 1], ``mask`` float32 [1, S, S], ``label``,
+    ``has_mask`` (False for an anomalous image without annotation) and ``path``."""
+
+    def __init__(self, samples: Sequence[Sample], image_size: int) -> None:
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.samples[i]
+        image, mask = load_pair(sample, self.image_size)
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
+            "mask": torch.from_numpy(mask).float().unsqueeze(0),
+            "label": torch.tensor(sample.label, dtype=torch.long),
+            "has_mask": torch.tensor(sample.label == 0 or sample.mask is not None),
+            "path": str(sample.image),
+        }

@@ -1,0 +1,83 @@
+"""Image and pixel AUROC and image F1-max.
+
+AUROC is the Mann-Whitney statistic with average ranks for ties, which equals the trapezoidal area
+under the ROC curve (scikit-learn's ``roc_auc_score``). Constant scores give 0.5, like any ranking
+that carries no information. One class only, NaN or infinite scores are errors, not numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+from ssnf.errors import MetricError
+
+
+def as_labels(labels, what: str = "labels") -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.dtype != bool:
+        values = np.unique(arr)
+        if not np.isin(values, [0, 1]).all():
+            raise MetricError(f"{what} must be 0/1 or boolean, got values {values[:5].tolist()}")
+        arr = arr.astype(bool)
+    return arr.ravel()
+
+
+def as_scores(scores, what: str = "scores") -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64).ravel()
+    if not np.isfinite(arr).all():
+        raise MetricError(f"{what} contain {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+    return arr
+
+
+def auroc(labels, scores, what: str = "AUROC") -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = anomalous)."""
+    y = as_labels(labels)
+    s = as_scores(scores)
+    if y.shape != s.shape:
+        raise MetricError(f"{what}: {y.size} labels but {s.size} scores")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise MetricError(f"{what} needs normal and anomalous samples; got {n_neg} normal and {n_pos} anomalous")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def image_auroc(labels, scores) -> float:
+    """Image-level AUROC: one score and one label per image."""
+    return auroc(labels, scores, "image AUROC")
+
+
+def pixel_auroc(masks, maps) -> float:
+    """Pixel-level AUROC over every pixel of every map (normal images included)."""
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise MetricError(f"pixel AUROC: masks of shape {masks.shape} but maps of shape {maps.shape}")
+    return auroc(masks, maps, "pixel AUROC")
+
+
+def f1_max(labels, scores) -> tuple[float, float]:
+    """Best F1 over all thresholds, and that threshold (a sample is anomalous when score >= it)."""
+    y = as_labels(labels)
+    s = as_scores(scores)
+    if y.shape != s.shape:
+        raise MetricError(f"F1-max: {y.size} labels but {s.size} scores")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise MetricError("F1-max needs at least one anomalous sample")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    ends = np.r_[np.diff(s_sorted) != 0, True]
+    tp = np.cumsum(y_sorted)[ends]
+    fp = np.cumsum(~y_sorted)[ends]
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(s_sorted[ends][best])
+
+
+def image_f1_max(labels, scores) -> float:
+    return f1_max(labels, scores)[0]
