@@ -92,12 +92,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def from_dict(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
     """Build ``cls`` from nested plain values; unknown keys and wrong types are errors."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{_prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key {_prefix}{unknown[0]!r}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {_prefix + unknown[0]!r}; known: {', '.join(sorted(names))}")
     kwargs = {name: _coerce(hints[name], value, f"{_prefix}{name}") for name, value in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

@@ -108,10 +108,10 @@ def cached_file(name: str) -> tuple[Path, str | None] | None:
     return None
 
 
-def hub_host() -> str:
-    """Host timm's hub downloads come from (honours ``HF_ENDPOINT``)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    return urlparse(endpoint).hostname or "huggingface.co"
+def hub_address() -> tuple[str, int]:
+    """Host and port timm's hub downloads come from (honours ``HF_ENDPOINT``)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
 def hub_reachable(timeout: float = 1.0) -> bool:
@@ -126,7 +126,7 @@ def hub_reachable(timeout: float = 1.0) -> bool:
 
     def probe() -> None:
         try:
-            with socket.create_connection((hub_host(), 443), timeout=timeout):
+            with socket.create_connection(hub_address(), timeout=timeout):
                 result.append(True)
         except OSError:
             result.append(False)
