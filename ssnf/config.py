@@ -56,7 +56,7 @@ class BackboneConfig:
     """The frozen CNN whose features the flow models."""
 
     name: str = "mobilenetv2_100"  # any timm model with features_only support
-    strides: tuple[int, ...] = (4, 8, 16)  # feature levels, by their stride w.r.t. the input
+    strides: tuple[int, ...] = (8, 16)  # feature levels, by their stride w.r.t. the input
     weights: str = ""  # a weights file; empty: ssnf's cache, then timm's hub when online
     pretrained: bool = True  # False: random weights (tests, ablations)
 
@@ -68,11 +68,158 @@ class BackboneConfig:
 
 
 @dataclass
-class FoundationConfig:
-    """The sections the foundation uses; the detector's config extends this tree."""
+class ModelConfig:
+    """The flows: one per feature scale, ``couplings`` AllInOneBlocks each."""
+
+    blocks: str = "conv,attn"  # residual blocks of each coupling subnet; "conv,attn|conv" = one stack per scale
+    hidden: int = 128  # subnet width
+    heads: int = 4  # attention heads (must divide hidden)
+    attn_dropout: float = 0.0
+    attn_kv_size: int = 16  # attention keys/values pooled to at most this many positions a side
+    pos_encoding: bool = True
+    couplings: int = 10
+    clamp: float = 2.0  # affine clamp of the couplings
+    permute_soft: bool = False  # random rotations instead of hard channel permutations
+    norm: str = "fixed"  # none | fixed | actnorm: the per-channel affine in front of each flow
+
+    def validate(self) -> None:
+        if self.hidden < 4 or self.couplings < 1:
+            raise ConfigError(f"model.hidden={self.hidden} and model.couplings={self.couplings} must be positive")
+        if self.hidden % self.heads:
+            raise ConfigError(f"model.heads={self.heads} does not divide model.hidden={self.hidden}")
+        if self.clamp <= 0:
+            raise ConfigError(f"model.clamp={self.clamp} must be positive")
+        if self.norm not in ("none", "fixed", "actnorm"):
+            raise ConfigError(f"model.norm={self.norm!r} is not one of none, fixed, actnorm")
+        if not 0.0 <= self.attn_dropout < 1.0:
+            raise ConfigError(f"model.attn_dropout={self.attn_dropout} must lie in [0, 1)")
+
+
+LOSS_FORMS = ("constrained", "hinge", "mask")
+
+
+@dataclass
+class LossConfig:
+    """NLL of normal images, minus a constrained push on synthetic ones (weight 0: plain FastFlow)."""
+
+    weight: float = 1.0  # w: the synthetic term's weight
+    form: str = "constrained"  # constrained (the paper) | hinge | mask
+    margin: float = 0.0  # hinge / mask: push until this many nats per dimension past the worst normal
+    cap: float = 0.0  # constrained: synthetic images with NLL per dimension above cap never count (0: no cap)
+
+    def validate(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"loss.weight={self.weight} must be 0 or positive")
+        if self.form not in LOSS_FORMS:
+            raise ConfigError(f"loss.form={self.form!r} is not one of {', '.join(LOSS_FORMS)}")
+        if self.margin < 0 or self.cap < 0:
+            raise ConfigError(f"loss.margin={self.margin} and loss.cap={self.cap} must not be negative")
+
+
+MAP_KINDS = ("density", "fastflow", "z2", "nll")
+
+
+@dataclass
+class ScoringConfig:
+    """From flow outputs to anomaly maps and image scores."""
+
+    map: str = "density"  # density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll
+    smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
+    image_score: str = "max"  # max | topk
+    topk: float = 0.01  # topk: mean of this share of the highest pixels
+
+    def validate(self) -> None:
+        if self.map not in MAP_KINDS:
+            raise ConfigError(f"scoring.map={self.map!r} is not one of {', '.join(MAP_KINDS)}")
+        if self.image_score not in ("max", "topk"):
+            raise ConfigError(f"scoring.image_score={self.image_score!r} is not one of max, topk")
+        if not 0.0 < self.topk <= 1.0 or self.smooth_sigma < 0:
+            raise ConfigError(f"scoring.topk={self.topk} must lie in (0, 1], smooth_sigma={self.smooth_sigma} >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 20
+    batch_size: int = 16  # normal images per step (as many synthetic ones join them when weight > 0)
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 5.0  # max gradient norm (0: none)
+    seed: int = 0
+    val_every: int = 1  # validate every this many epochs (and always after the last)
+    feature_cache: bool = True  # cache the frozen backbone's features of the normal images on disk
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise ConfigError(
+                f"train.epochs={self.epochs}, batch_size={self.batch_size}, val_every={self.val_every} must be >= 1"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
+
+
+@dataclass
+class SynthesisConfig:
+    """Synthetic anomalies: patches of another normal image blended in (the paper uses NSA's recipe)."""
+
+    max_patches: int = 3  # the first patch always, each further one with probability p_extra
+    p_extra: float = 0.5
+    gamma_shape: float = 2.0  # patch half-width = (offset + Gamma(shape, scale)) x image side ...
+    gamma_scale: float = 0.05
+    gamma_offset: float = 0.03
+    width_min: float = 0.05  # ... clipped to [width_min, width_max] x image side
+    width_max: float = 0.2
+    resize: bool = True  # rescale the cut patch by N(1, 0.5) clipped to [resize_min, resize_max]
+    resize_min: float = 0.7
+    resize_max: float = 1.3
+    shift: bool = True  # paste at a new place (False: where it was cut)
+    object_aware: bool = False  # place patches only on the foreground, found by an Otsu threshold
+    foreground: str = "auto"  # auto | bright | dark: which side of the threshold is the object
+    min_object: float = 0.25  # share of a patch that must lie on the foreground
+    blend: str = "poisson"  # poisson (OpenCV seamlessClone) | feather | paste
+    feather_sigma: float = 0.15  # feathered edge width, as a fraction of the patch half-width
+    label_tol: float = 1.0  # mean absolute change (0-255) for a pixel to count as anomalous
+    pool_size: int = 0  # 0: synthesize every step; N: a fixed pool of N images, features cached once
+
+    def validate(self) -> None:
+        if self.max_patches < 1:
+            raise ConfigError(f"synthesis.max_patches={self.max_patches} must be at least 1")
+        if not 0.0 <= self.p_extra <= 1.0:
+            raise ConfigError(f"synthesis.p_extra={self.p_extra} must lie in [0, 1]")
+        if not 0.0 < self.width_min <= self.width_max < 0.5:
+            raise ConfigError(
+                f"synthesis.width_min={self.width_min}, width_max={self.width_max}: need 0 < min <= max < 0.5"
+            )
+        if not 0.0 < self.resize_min <= 1.0 <= self.resize_max:
+            raise ConfigError(f"synthesis.resize_min/max={self.resize_min}/{self.resize_max} must bracket 1")
+        if self.blend not in ("poisson", "feather", "paste"):
+            raise ConfigError(f"synthesis.blend={self.blend!r} is not one of poisson, feather, paste")
+        if self.foreground not in ("auto", "bright", "dark"):
+            raise ConfigError(f"synthesis.foreground={self.foreground!r} is not one of auto, bright, dark")
+        if self.pool_size < 0:
+            raise ConfigError(f"synthesis.pool_size={self.pool_size} must be 0 (online) or a pool size")
+
+
+@dataclass
+class SSNFConfig:
+    """The whole tree: what a trial runs with, what a checkpoint stores, what Parquet flattens."""
 
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

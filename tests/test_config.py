@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ssnf.config import BackboneConfig, DataConfig, FoundationConfig, flatten, from_dict, to_dict, unflatten
+from ssnf.config import BackboneConfig, DataConfig, SSNFConfig, flatten, from_dict, to_dict, unflatten
 from ssnf.errors import ConfigError
 
 
 def test_round_trip_through_dict_and_dotted_keys():
-    cfg = FoundationConfig(DataConfig(root="/d", category="tire", image_size=128, val_fraction=0.2),
+    cfg = SSNFConfig(DataConfig(root="/d", category="tire", image_size=128, val_fraction=0.2),
                            BackboneConfig(name="tf_efficientnet_lite0", strides=(8, 16)))
     flat = flatten(to_dict(cfg))
     assert flat["data.image_size"] == 128 and flat["backbone.strides"] == [8, 16]
-    assert from_dict(FoundationConfig, unflatten(flat)) == cfg
-    assert from_dict(FoundationConfig, {}) == FoundationConfig()
+    assert from_dict(SSNFConfig, unflatten(flat)) == cfg
+    assert from_dict(SSNFConfig, {}) == SSNFConfig()
 
 
 def test_numbers_are_coerced_only_where_lossless():
@@ -36,4 +36,4 @@ def test_numbers_are_coerced_only_where_lossless():
 ])
 def test_bad_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict(FoundationConfig, data)
+        from_dict(SSNFConfig, data)

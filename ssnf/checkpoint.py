@@ -1,0 +1,74 @@
+"""Saving and loading a trained detector: one file, safe to load (``weights_only``), self-contained.
+
+The file holds the resolved config (nested plain values), the flows, the frozen backbone's weights
+(so loading needs neither the weight cache nor a hub), and, for resuming, the optimizer state, the
+epoch and the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssnf.backbones.extractor import build_extractor
+from ssnf.config import SSNFConfig, from_dict, to_dict
+from ssnf.errors import SSNFError
+from ssnf.model.detector import SSNFModel
+
+FORMAT = "ssnf-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    model: SSNFModel
+    config: SSNFConfig
+    epoch: int  # epochs completed
+    history: list[dict] = field(default_factory=list)
+    optimizer: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, history: list[dict],
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "config": to_dict(cfg),
+        "epoch": int(epoch),
+        "history": history,
+        "flows": model.flows.state_dict(),
+        "extractor": model.extractor.body.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise SSNFError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise SSNFError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SSNFError(f"{path} is not an ssnf checkpoint ({FORMAT})")
+    cfg = from_dict(SSNFConfig, payload["config"])
+    extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
+    extractor.body.load_state_dict(payload["extractor"], strict=True)
+    model = SSNFModel(extractor, cfg.model, cfg.train.seed)
+    model.flows.load_state_dict(payload["flows"], strict=True)
+    model.to(device)
+    return Checkpoint(model, cfg, int(payload["epoch"]), list(payload["history"]), payload["optimizer"],
+                      dict(payload.get("extra") or {}))

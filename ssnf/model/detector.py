@@ -1,0 +1,58 @@
+"""The detector: a frozen feature extractor and one flow per feature scale.
+
+Build it with ``SSNFModel.build(cfg)``, train it with ``ssnf.training.train``, save and load it with
+``ssnf.checkpoint``; call it on images in [0, 1] to get per-scale flow outputs ``(z, log_jac)``, and
+``ssnf.scoring`` turns those into maps and scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssnf.backbones.extractor import FeatureExtractor, build_extractor
+from ssnf.config import BackboneConfig, ModelConfig
+from ssnf.model.flow import ScaleFlow, seed_permutations
+from ssnf.model.subnets import SubnetSpec, parse_blocks
+
+
+class SSNFModel(nn.Module):
+    """``images -> [(z, log_jac) per scale]``; only the flows train."""
+
+    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        cfg.validate()
+        self.extractor = extractor
+        stacks = parse_blocks(cfg.blocks, len(extractor.channels))
+        seed_permutations(seed)
+        torch.manual_seed(seed)
+        self.flows = nn.ModuleList(
+            ScaleFlow(
+                channels,
+                SubnetSpec(hidden=cfg.hidden, blocks=stack, heads=cfg.heads, dropout=cfg.attn_dropout,
+                           kv_size=cfg.attn_kv_size, pos_encoding=cfg.pos_encoding),
+                cfg.couplings, cfg.clamp, cfg.permute_soft, cfg.norm,
+            )
+            for channels, stack in zip(extractor.channels, stacks)
+        )
+
+    @classmethod
+    def build(cls, backbone: BackboneConfig, model: ModelConfig, seed: int = 0) -> "SSNFModel":
+        return cls(build_extractor(backbone), model, seed)
+
+    def flow_features(self, features: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run each scale's flow on its (already extracted) features."""
+        return [flow(f) for flow, f in zip(self.flows, features)]
+
+    def forward(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.flow_features(self.extractor(images))
+
+    @torch.no_grad()
+    def fit_norms(self, features: list[torch.Tensor]) -> None:
+        """Fix the per-channel affine in front of each flow from training features (per scale ``[N, C, h, w]``)."""
+        for flow, f in zip(self.flows, features):
+            if flow.norm is not None:
+                flow.norm.fit(f)
+
+    def flow_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.flows.parameters() if p.requires_grad]

@@ -1,0 +1,260 @@
+"""Training the detector: a plain torch loop, no sweep framework in sight.
+
+``train(cfg)`` checks everything it can before the first step (config, backbone, block names, shapes,
+the splits), caches the frozen backbone's features of the normal training images, then runs epochs of
+normal + synthetic batches. After each epoch it validates on held-out normal training images and on
+anomalies made from them by the fixed *reference recipe* (``ssnf.synthesis.reference``), reports through
+``callback`` and writes a checkpoint that ``resume`` continues exactly (per-epoch random streams).
+Test images are not touched here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ssnf.checkpoint import load_checkpoint, save_checkpoint
+from ssnf.config import SSNFConfig
+from ssnf.data.layouts import load_index
+from ssnf.data.splits import Splits, make_splits
+from ssnf.errors import ConfigError, DataError, SSNFError
+from ssnf.features import FeatureCache, extract, load_images, to_tensor
+from ssnf.loss import ssnf_loss
+from ssnf.metrics import image_auroc, pixel_auroc
+from ssnf.model.detector import SSNFModel
+from ssnf.scoring import anomaly_maps, image_scores
+from ssnf.synthesis.patches import synthesize
+from ssnf.synthesis.reference import reference_anomaly
+
+EpochCallback = Callable[[dict], None]
+
+
+class TrainingDiverged(SSNFError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class ValidationSet:
+    """Held-out normals and reference anomalies made from them, with their features."""
+
+    features: list[torch.Tensor]
+    labels: np.ndarray  # [N]
+    masks: np.ndarray  # [N, S, S] bool
+    kinds: list[str]
+
+
+@dataclass
+class TrainResult:
+    model: SSNFModel
+    config: SSNFConfig
+    splits: Splits
+    history: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device='cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
+    """Every check that can fail before training, in one place: config, data, backbone, shapes."""
+    cfg.validate()
+    size = cfg.data.image_size
+    splits = make_splits(load_index(cfg.data), cfg.data)
+    if not splits.val:
+        raise DataError(
+            f"no validation images for {cfg.data.category}: set data.val_fraction > 0 "
+            "(validation uses held-out normal training images, never test images)"
+        )
+    if cfg.loss.weight > 0 and len(splits.train) < 2:
+        raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")
+    model = SSNFModel.build(cfg.backbone, cfg.model, cfg.train.seed)
+    bad = [s for s in model.extractor.strides if size % s]
+    if bad:
+        raise ConfigError(f"data.image_size={size} is not divisible by backbone stride {bad[0]}")
+    return splits, model
+
+
+def build_validation(extractor, splits: Splits, images: np.ndarray, seed: int, device) -> ValidationSet:
+    anomalies = [reference_anomaly(img, seed * 100_003 + i) for i, img in enumerate(images)]
+    all_images = np.concatenate([images, np.stack([a[0] for a in anomalies])])
+    masks = np.concatenate([np.zeros(images.shape[:3], bool), np.stack([a[1] for a in anomalies])])
+    labels = np.r_[np.zeros(len(images), int), np.ones(len(images), int)]
+    return ValidationSet(extract(extractor, all_images, device=device), labels, masks, [a[2] for a in anomalies])
+
+
+@torch.no_grad()
+def predict_features(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFConfig, device,
+                     batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` for precomputed features."""
+    model.eval()
+    size = (cfg.data.image_size, cfg.data.image_size)
+    scores, maps = [], []
+    for start in range(0, len(features[0]), batch_size):
+        outputs = model.flow_features([f[start:start + batch_size].to(device) for f in features])
+        m = anomaly_maps(outputs, cfg.scoring, size)
+        scores.append(image_scores(m, cfg.scoring).cpu())
+        maps.append(m.cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+
+def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> dict:
+    scores, maps = predict_features(model, val.features, cfg, device)
+    img = image_auroc(val.labels, scores)
+    pix = pixel_auroc(val.masks, maps)
+    return {"val_image_auroc": img, "val_pixel_auroc": pix, "val_score": 0.5 * (img + pix)}
+
+
+def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator,
+                     cfg: SSNFConfig) -> tuple[np.ndarray, np.ndarray]:
+    n = len(images)
+    out, masks = [], []
+    for i in idx:
+        j = int(rng.integers(n - 1))
+        j = j + 1 if j >= i else j  # another image as the source
+        image, mask = synthesize(images[i], images[j], rng, cfg.synthesis)
+        out.append(image)
+        masks.append(mask)
+    return np.stack(out), np.stack(masks)
+
+
+def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
+          resume: Path | None = None, progress: bool | None = None) -> TrainResult:
+    """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch."""
+    t_start = time.perf_counter()
+    seed = cfg.train.seed
+    seed_everything(seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    splits, model = prepare(cfg)
+    model.to(device)
+    size = cfg.data.image_size
+    show = sys.stderr.isatty() if progress is None else progress
+
+    t0 = time.perf_counter()
+    train_images = load_images(splits.train, size)
+    cache = FeatureCache() if cfg.train.feature_cache else None
+    if cache is not None:
+        train_feats = cache.features(model.extractor, splits.train, train_images, size, device)
+    else:
+        train_feats = extract(model.extractor, train_images, device=device)
+    t_features = time.perf_counter() - t0
+    model.fit_norms([f.to(device) for f in train_feats])
+    val = build_validation(model.extractor, splits, load_images(splits.val, size), seed, device)
+
+    synthetic_on = cfg.loss.weight > 0
+    pool_feats, pool_masks = None, None
+    if synthetic_on and cfg.synthesis.pool_size:
+        rng = np.random.default_rng([seed, 13])
+        idx = rng.integers(len(train_images), size=cfg.synthesis.pool_size)
+        pool_images, pool_masks = _synthetic_batch(train_images, idx, rng, cfg)
+        pool_feats = extract(model.extractor, pool_images, device=device)
+
+    optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume, device)
+        if ckpt.config != cfg:
+            raise SSNFError(f"cannot resume from {resume}: it was trained with a different config")
+        model.flows.load_state_dict(ckpt.model.flows.state_dict())
+        if ckpt.optimizer is not None:
+            optimizer.load_state_dict(ckpt.optimizer)
+        history, start_epoch = ckpt.history, ckpt.epoch
+
+    n = len(train_images)
+    batch = min(cfg.train.batch_size, n)
+    steps = max(1, n // batch)  # drop the ragged last batch: the worst-normal constraint needs a full one
+    timings = {"features_s": t_features, "cache_hits": cache.hits if cache else 0,
+               "cache_misses": cache.misses if cache else 0, "setup_s": time.perf_counter() - t_start}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        t_epoch = time.perf_counter()
+        rng = np.random.default_rng([seed, 17, epoch])
+        torch.manual_seed(seed * 1000 + epoch)
+        order = rng.permutation(n)
+        sums = {"loss": 0.0, "normal": 0.0, "synthetic": 0.0, "active": 0.0}
+        t_synth = t_backbone = 0.0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
+        for step in bar:
+            idx = order[step * batch:(step + 1) * batch]
+            normal = model.flow_features([f[idx].to(device) for f in train_feats])
+            synthetic, masks = None, None
+            if synthetic_on:
+                if pool_feats is not None:
+                    pick = rng.integers(len(pool_masks), size=len(idx))
+                    synth_feats = [f[pick].to(device) for f in pool_feats]
+                    masks = torch.from_numpy(pool_masks[pick])[:, None].to(device)
+                else:
+                    t = time.perf_counter()
+                    images, mask_np = _synthetic_batch(train_images, idx, rng, cfg)
+                    t_synth += time.perf_counter() - t
+                    t = time.perf_counter()
+                    synth_feats = model.extractor(to_tensor(images, device))
+                    t_backbone += time.perf_counter() - t
+                    masks = torch.from_numpy(mask_np)[:, None].to(device)
+                synthetic = model.flow_features(synth_feats)
+            loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss)
+            if not math.isfinite(terms["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "
+                    "lower train.lr or model.clamp"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.flow_parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            for k in sums:
+                sums[k] += terms[k]
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+        report = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
+                  "train_s": time.perf_counter() - t_epoch, "synthesis_s": t_synth, "backbone_s": t_backbone}
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            t = time.perf_counter()
+            report.update(validate(model, val, cfg, device))
+            report["val_s"] = time.perf_counter() - t
+        history.append(report)
+        if out_dir is not None:
+            save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer)
+        if show:
+            shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "val_image_auroc",
+                                                                        "val_pixel_auroc", "val_score")}
+            tqdm.write(f"epoch {epoch + 1}: {shown} ({report['train_s']:.1f} s)")
+        if callback is not None:
+            callback(dict(report))
+    timings["total_s"] = time.perf_counter() - t_start
+    model.eval()
+    return TrainResult(model, cfg, splits, history, timings)
+
+
+def with_overrides(cfg: SSNFConfig, **sections) -> SSNFConfig:
+    """``with_overrides(cfg, loss={"weight": 0})``: a copy with some fields of some sections replaced."""
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    )
