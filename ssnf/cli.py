@@ -4,6 +4,8 @@
     ssnf weights list                              what the cache holds
     ssnf data demo [--root DIR] ...                write the procedural demo categories
     ssnf data summary --data-root R --category C   read and check a dataset, print its splits
+    ssnf train --data-root R --category C [--config F] [--set key=value ...] [--out DIR]
+    ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N]
 
 User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2.
 """
@@ -11,6 +13,7 @@ User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -70,6 +73,98 @@ def _data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config(path: str | None, sets: Sequence[str], data_root: str | None = None,
+                category: str | None = None):
+    """The config a run uses: defaults, then ``--config`` (nested or dotted YAML), then ``--set``, then the flags."""
+    import yaml
+
+    from ssnf.config import SSNFConfig, from_dict, merge
+
+    tree: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise SSNFError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise SSNFError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SSNFError(f"config file {path} must hold a mapping of sections")
+        tree = loaded or {}
+    overrides = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SSNFError(f"--set {item!r}: expected key=value, e.g. --set loss.weight=0")
+        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    if data_root is not None:
+        overrides["data.root"] = data_root
+    if category is not None:
+        overrides["data.category"] = category
+    return from_dict(SSNFConfig, merge(tree, overrides))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
+    tmp.replace(path)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ssnf.config import to_dict
+    from ssnf.evaluate import evaluate
+    from ssnf.training import train
+
+    cfg = load_config(args.config, args.set, args.data_root, args.category)
+    out = Path(args.out or f"runs/{cfg.data.category}")
+    resume = out / "checkpoint.pt" if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise SSNFError(f"--resume: no checkpoint at {resume}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    result = train(cfg, out_dir=out, resume=resume, progress=not args.quiet)
+    payload = {"config": to_dict(cfg), "history": result.history, "final": result.final, "timings": result.timings,
+               "splits": {"train": len(result.splits.train), "val": len(result.splits.val),
+                          "test": len(result.splits.test)}}
+    if not args.no_test and result.splits.test:
+        payload["test"] = evaluate(result.model, cfg, result.splits.test, next(result.model.parameters()).device,
+                                   progress=not args.quiet).metrics
+    _write_json(out / "metrics.json", payload)
+    print(f"validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
+                                                   ("val_image_auroc", "val_pixel_auroc", "val_score")))
+    if "test" in payload:
+        print("test (reported, never used to choose): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in payload["test"].items() if "/" not in k))
+    print(f"wrote {out / 'checkpoint.pt'}, {out / 'config.yaml'}, {out / 'metrics.json'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ssnf.checkpoint import load_checkpoint
+    from ssnf.data.layouts import load_index
+    from ssnf.data.splits import make_splits
+    from ssnf.evaluate import evaluate, write_overlays
+
+    ckpt = load_checkpoint(Path(args.checkpoint))
+    cfg = ckpt.config
+    data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root, category=args.category or cfg.data.category)
+    splits = make_splits(load_index(data), data)
+    result = evaluate(ckpt.model, cfg, splits.test, progress=not args.quiet)
+    out = Path(args.out or Path(args.checkpoint).parent / "evaluation")
+    overlays = write_overlays(result, out / "overlays", data.image_size, args.overlays) if args.overlays else []
+    _write_json(out / "metrics.json", {"checkpoint": str(args.checkpoint), "category": data.category,
+                                       "epoch": ckpt.epoch, "test": result.metrics, "n_test": len(splits.test)})
+    for key, value in result.metrics.items():
+        print(f"{key:<28} {value:.4f}")
+    print(f"wrote {out / 'metrics.json'}" + (f" and {len(overlays)} overlays in {out / 'overlays'}" if overlays else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssnf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--few-shot", type=int, default=0)
     summary.add_argument("--seed", type=int, default=0)
     summary.set_defaults(func=_data_summary)
+
+    tr = sub.add_parser("train", help="train a detector for one category")
+    tr.add_argument("--data-root", help="dataset root (sets data.root)")
+    tr.add_argument("--category", help="category folder (sets data.category)")
+    tr.add_argument("--config", help="YAML config: nested sections or dotted keys; a run's config.yaml works")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. loss.weight=0")
+    tr.add_argument("--out", help="output folder (default runs/<category>)")
+    tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    tr.add_argument("--no-test", action="store_true", help="skip the test-split metrics at the end")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint on its test split; write overlays")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data-root", help="another dataset root than the one trained on")
+    ev.add_argument("--category")
+    ev.add_argument("--out", help="output folder (default: next to the checkpoint, evaluation/)")
+    ev.add_argument("--overlays", type=int, default=8, help="how many overlay PNGs (0: none)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

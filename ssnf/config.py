@@ -285,6 +285,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # a bug in a config class
 
 
+def merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with dotted-key ``overrides`` applied (``{"loss.weight": 0}``); neither input changes."""
+    out = unflatten(flatten(tree))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {dotted!r} nests under a value that is not a section")
+        node[leaf] = value
+    return out
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict -> ``{"data.image_size": 256, ...}``."""
     flat: dict[str, Any] = {}

@@ -1,0 +1,102 @@
+"""Scoring a trained detector on a split, and anomaly-map overlays for people to look at.
+
+Test metrics are reported; nothing here feeds a choice of epoch, threshold or config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ssnf.config import SSNFConfig
+from ssnf.data.dataset import load_pair
+from ssnf.data.layouts import ANOMALOUS, Sample
+from ssnf.errors import DataError
+from ssnf.features import to_tensor
+from ssnf.metrics import compute_metrics, image_auroc
+from ssnf.model.detector import SSNFModel
+from ssnf.scoring import anomaly_maps, image_scores
+
+
+@dataclass
+class Evaluation:
+    samples: list[Sample]
+    labels: np.ndarray  # [N]
+    scores: np.ndarray  # [N]
+    maps: np.ndarray  # [N, S, S] float32
+    masks: np.ndarray  # [N, S, S] bool
+    has_masks: bool
+    metrics: dict
+
+
+@torch.no_grad()
+def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], device: str | torch.device = "cpu",
+             batch_size: int = 16, progress: bool = False) -> Evaluation:
+    """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC."""
+    samples = list(samples)
+    if not samples:
+        raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
+    model.eval()
+    size = cfg.data.image_size
+    scores, maps, masks = [], [], []
+    for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):
+        pairs = [load_pair(s, size) for s in samples[start:start + batch_size]]
+        images = np.stack([p[0] for p in pairs])
+        m = anomaly_maps(model(to_tensor(images, device)), cfg.scoring, (size, size))
+        scores.append(image_scores(m, cfg.scoring).cpu().numpy())
+        maps.append(m.cpu().numpy().astype(np.float32))
+        masks.append(np.stack([p[1] for p in pairs]))
+    labels = np.array([s.label for s in samples])
+    result = Evaluation(samples, labels, np.concatenate(scores), np.concatenate(maps), np.concatenate(masks),
+                        all(s.mask is not None for s in samples if s.label == ANOMALOUS), {})
+    pixel = (result.masks, result.maps) if result.has_masks else (None, None)
+    result.metrics = compute_metrics(labels, result.scores, *pixel)
+    normal = labels == 0
+    for defect in sorted({s.defect for s in samples if s.label == ANOMALOUS}):
+        chosen = normal | np.array([s.defect == defect for s in samples])
+        if normal.any():
+            result.metrics[f"image_auroc/{defect}"] = image_auroc(labels[chosen], result.scores[chosen])
+    return result
+
+
+def write_overlays(evaluation: Evaluation, out_dir: Path, size: int, count: int = 8) -> list[Path]:
+    """PNG panels (image | anomaly map over it | ground truth outline) for a few images.
+
+    One image per defect kind (the highest-scoring), then the highest-scoring normal images, up to
+    ``count``. Maps are coloured on one scale for the whole evaluation, so panels compare.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-evaluation.scores)
+    picked: list[int] = []
+    seen: set[str] = set()
+    for i in order:
+        s = evaluation.samples[i]
+        if s.label == ANOMALOUS and s.defect not in seen:
+            picked.append(int(i))
+            seen.add(s.defect)
+    picked = picked[: max(count - 2, 1)]
+    picked += [int(i) for i in order if evaluation.samples[i].label == 0][: count - len(picked)]
+    lo, hi = np.percentile(evaluation.maps, 1), np.percentile(evaluation.maps, 99.9)
+    paths = []
+    for rank, i in enumerate(picked[:count]):
+        sample = evaluation.samples[i]
+        image = load_pair(sample, size)[0]
+        heat = np.clip((evaluation.maps[i] - lo) / max(hi - lo, 1e-12), 0, 1)
+        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
+        truth = image.copy()
+        contours, _ = cv2.findContours(evaluation.masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(truth, contours, -1, (255, 0, 0), max(1, size // 128))
+        panel = np.concatenate([image, blend, truth], axis=1)
+        name = f"{rank:02d}_{sample.defect}_{sample.image.stem}_score{evaluation.scores[i]:.4g}.png"
+        path = out_dir / name
+        cv2.imwrite(str(path), panel[..., ::-1])
+        paths.append(path)
+    return paths
