@@ -148,7 +148,8 @@ class TrainConfig:
     grad_clip: float = 5.0  # max gradient norm (0: none)
     seed: int = 0
     val_every: int = 1  # validate every this many epochs (and always after the last)
-    feature_cache: bool = True  # cache the frozen backbone's features of the normal images on disk
+    feature_cache: bool = True  # normal images' backbone features computed once and kept on disk;
+    # False: the backbone runs on every normal batch at every step (the slow baseline)
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssnf.backbones.extractor import build_extractor
 from ssnf.checkpoint import load_checkpoint, save_checkpoint
 from ssnf.config import SSNFConfig
 from ssnf.data.layouts import load_index
@@ -32,6 +33,7 @@ from ssnf.features import FeatureCache, extract, load_images, to_tensor
 from ssnf.loss import ssnf_loss
 from ssnf.metrics import image_auroc, pixel_auroc
 from ssnf.model.detector import SSNFModel
+from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, image_scores
 from ssnf.synthesis.patches import synthesize
 from ssnf.synthesis.reference import reference_anomaly
@@ -81,9 +83,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
-    """Every check that can fail before training, in one place: config, data, backbone, shapes."""
+    """Every check that can fail before training, cheapest first: config, shapes, backbone, data."""
     cfg.validate()
+    parse_blocks(cfg.model.blocks, len(cfg.backbone.strides))
     size = cfg.data.image_size
+    bad = [s for s in cfg.backbone.strides if size % s]
+    if bad:
+        raise ConfigError(f"data.image_size={size} is not divisible by backbone stride {bad[0]}")
+    extractor = build_extractor(cfg.backbone)
     splits = make_splits(load_index(cfg.data), cfg.data)
     if not splits.val:
         raise DataError(
@@ -92,11 +99,7 @@ def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
         )
     if cfg.loss.weight > 0 and len(splits.train) < 2:
         raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")
-    model = SSNFModel.build(cfg.backbone, cfg.model, cfg.train.seed)
-    bad = [s for s in model.extractor.strides if size % s]
-    if bad:
-        raise ConfigError(f"data.image_size={size} is not divisible by backbone stride {bad[0]}")
-    return splits, model
+    return splits, SSNFModel(extractor, cfg.model, cfg.train.seed)
 
 
 def build_validation(extractor, splits: Splits, images: np.ndarray, seed: int, device) -> ValidationSet:
@@ -161,10 +164,12 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     cache = FeatureCache() if cfg.train.feature_cache else None
     if cache is not None:
         train_feats = cache.features(model.extractor, splits.train, train_images, size, device)
-    else:
+    else:  # the baseline the cache is measured against: features recomputed at every step
         train_feats = extract(model.extractor, train_images, device=device)
     t_features = time.perf_counter() - t0
     model.fit_norms([f.to(device) for f in train_feats])
+    if cache is None:
+        train_feats = None
     val = build_validation(model.extractor, splits, load_images(splits.val, size), seed, device)
 
     synthetic_on = cfg.loss.weight > 0
@@ -203,7 +208,13 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
-            normal = model.flow_features([f[idx].to(device) for f in train_feats])
+            if train_feats is not None:
+                normal = model.flow_features([f[idx].to(device) for f in train_feats])
+            else:
+                t = time.perf_counter()
+                normal_feats = model.extractor(to_tensor(train_images[idx], device))
+                t_backbone += time.perf_counter() - t
+                normal = model.flow_features(normal_feats)
             synthetic, masks = None, None
             if synthetic_on:
                 if pool_feats is not None:

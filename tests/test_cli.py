@@ -38,3 +38,49 @@ def test_usage_errors_exit_2(capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_train_evaluate_and_config_round_trip(tmp_path):
+    import yaml
+
+    from ssnf.cli import load_config
+    from ssnf.config import to_dict
+
+    root = tmp_path / "demo"
+    assert _run("data", "demo", "--root", str(root), "--size", "64", "--n-train", "8", "--n-test-good", "2",
+                "--n-per-defect", "1", "--categories", "weave").returncode == 0
+    out = tmp_path / "run"
+    sets = ["data.image_size=64", "data.val_fraction=0.25", "backbone.pretrained=false", "model.hidden=16",
+            "model.couplings=2", "model.heads=2", "train.epochs=1", "train.batch_size=4"]
+    proc = _run("train", "--data-root", str(root), "--category", "weave", "--out", str(out), "--quiet",
+                *[a for s in sets for a in ("--set", s)])
+    assert proc.returncode == 0, proc.stderr
+    assert "test (reported, never used to choose): image_auroc" in proc.stdout
+    assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "config.yaml", "metrics.json"}
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"image_auroc", "pixel_auroc", "aupro", "image_f1_max"}
+    assert metrics["history"][0]["epoch"] == 1
+    # the written config is a file --config accepts back, unchanged
+    again = load_config(str(out / "config.yaml"), [])
+    assert to_dict(again) == yaml.safe_load((out / "config.yaml").read_text()) == metrics["config"]
+    proc = _run("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--overlays", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    overlays = sorted((out / "evaluation" / "overlays").glob("*.png"))
+    assert len(overlays) == 3
+    from PIL import Image
+
+    assert Image.open(overlays[0]).size == (3 * 64, 64)
+
+
+def test_train_refuses_bad_names_in_one_line_before_training(tmp_path):
+    for sets, message in (
+        (["model.blocks=conv,transformer"], "unknown block 'transformer'"),
+        (["model.heads=3"], "model.heads=3 does not divide model.hidden=128"),
+        (["backbone.name=mobilenet_v9"], "unknown backbone 'mobilenet_v9'"),
+        (["train.epochs=many"], "train.epochs must be an integer, got 'many'"),
+        (["loss.form"], "expected key=value"),
+    ):
+        proc = _run("train", "--data-root", str(tmp_path), "--category", "x", "--out", str(tmp_path / "o"),
+                    *[a for s in sets for a in ("--set", s)])
+        assert proc.returncode == 2, (sets, proc.stderr)
+        assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -1,0 +1,158 @@
+"""Detector benchmark on the real categories: quality of the default vs its w = 0 ablation, and speed.
+
+    .venv/bin/python bench/detector.py quality [--categories tire,magnetic_tile] [--epochs 20]
+    .venv/bin/python bench/detector.py speed   [--category tire]
+    .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
+
+Quality: pretrained mobilenetv2_100 at 256x256, a fixed epoch budget, the *last* epoch's model, test
+metrics computed once at the end (nothing is selected on test). One JSON per run in --out, so an
+interrupted benchmark resumes where it stopped (delete a JSON to rerun it).
+
+Speed: seconds per epoch with the feature cache, without it (backbone on every normal batch) and with
+a synthetic pool; inference ms/image at batch 1 and 32; peak resident memory. Each measurement runs in
+its own process so that peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ssnf.config import SSNFConfig, to_dict
+from ssnf.evaluate import evaluate
+from ssnf.features import load_images, to_tensor
+from ssnf.training import train, with_overrides
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {
+    "default": {},  # the paper's architecture and loss, ssnf's defaults
+    "w0": {"loss": {"weight": 0.0}},  # the same, plain NLL (FastFlow-style training)
+}
+
+
+def base_config(data_root: str, category: str, epochs: int, **sections) -> SSNFConfig:
+    cfg = with_overrides(SSNFConfig(), data={"root": data_root, "category": category, "image_size": 256},
+                         backbone={"name": "mobilenetv2_100"}, train={"epochs": epochs})
+    return with_overrides(cfg, **sections) if sections else cfg
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_quality(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for category in args.categories.split(","):
+        for variant in args.variants.split(","):
+            path = out / f"quality-{category}-{variant}.json"
+            if path.is_file():
+                print(f"{path.name}: done already")
+                continue
+            cfg = base_config(args.data_root, category, args.epochs, **VARIANTS[variant])
+            print(f"training {category} / {variant} for {args.epochs} epochs", flush=True)
+            result = train(cfg, progress=False,
+                           callback=lambda r: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True))
+            t = time.perf_counter()
+            test = evaluate(result.model, cfg, result.splits.test).metrics
+            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": test,
+                       "test_eval_s": time.perf_counter() - t, "history": result.history,
+                       "timings": result.timings, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+            path.write_text(json.dumps(payload, indent=2))
+            print(f"{category} / {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if "/" not in k))
+
+
+def measure_one(args) -> None:
+    """One speed measurement in this process; prints one JSON line."""
+    mode = args.mode
+    if mode == "inference":
+        cfg = base_config(args.data_root, args.category, 1)
+        result = train(with_overrides(cfg, loss={"weight": 0.0}), progress=False)
+        model = result.model.eval()
+        images = load_images(result.splits.test[:32], 256)
+        timings = {}
+        with torch.no_grad():
+            for batch in (1, 32):
+                x = to_tensor(images[:batch])
+                model(x)  # warm-up
+                runs = []
+                for _ in range(5 if batch == 32 else 20):
+                    t = time.perf_counter()
+                    model(x)
+                    runs.append((time.perf_counter() - t) / batch * 1000)
+                timings[f"ms_per_image_batch{batch}"] = statistics.median(runs)
+        print(json.dumps({"mode": mode, **timings, "peak_rss_mb": peak_rss_mb()}))
+        return
+    sections = {"default": {}, "no_cache": {"train": {"feature_cache": False}},
+                "pool": {"synthesis": {"pool_size": 256}}}[mode]
+    cfg = base_config(args.data_root, args.category, 2, **sections)
+    result = train(cfg, progress=False)
+    print(json.dumps({"mode": mode, "epoch_s": result.history[-1]["train_s"], "history": result.history,
+                      "timings": result.timings, "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_speed(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for mode in ("default", "no_cache", "pool", "inference"):
+        path = out / f"speed-{args.category}-{mode}.json"
+        if path.is_file():
+            print(f"{path.name}: done already")
+            continue
+        proc = subprocess.run([sys.executable, __file__, "one", "--mode", mode, "--category", args.category,
+                               "--data-root", args.data_root], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"speed {mode} failed:\n{proc.stderr[-3000:]}")
+        path.write_text(proc.stdout.strip().splitlines()[-1])
+        print(path.read_text())
+
+
+def print_tables(args) -> None:
+    out = Path(args.out)
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("quality-*.json"))]
+    if rows:
+        print("| category | variant | epochs | image AUROC | pixel AUROC | AUPRO | image F1-max | s/epoch | last val_score |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            t, h = r["test"], r["history"]
+            sec = statistics.median(e["train_s"] for e in h)
+            print(f"| {r['category']} | {r['variant']} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
+                  f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} |")
+    speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
+    if speed:
+        print("\n| measurement | value | peak RSS (MB) |")
+        print("|---|---|---|")
+        for mode in ("default", "no_cache", "pool"):
+            if mode in speed:
+                print(f"| seconds per epoch, {mode.replace('_', ' ')} | {speed[mode]['epoch_s']:.1f} | "
+                      f"{speed[mode]['peak_rss_mb']:.0f} |")
+        if "inference" in speed:
+            s = speed["inference"]
+            print(f"| inference ms/image, batch 1 | {s['ms_per_image_batch1']:.1f} | {s['peak_rss_mb']:.0f} |")
+            print(f"| inference ms/image, batch 32 | {s['ms_per_image_batch32']:.1f} | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["quality", "speed", "table", "one"])
+    parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--categories", default="tire,magnetic_tile")
+    parser.add_argument("--category", default="tire")
+    parser.add_argument("--variants", default="default,w0")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--mode", default="default")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    {"quality": run_quality, "speed": run_speed, "table": print_tables, "one": measure_one}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The loss forms and the scoring maps, on hand-made flow outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssnf.config import LossConfig, ScoringConfig
+from ssnf.loss import image_nll, nll_maps, ssnf_loss
+from ssnf.scoring import anomaly_maps, gaussian_blur, image_scores, position_maps
+
+
+def outputs(levels: list[float], channels: int = 4, hw: int = 4, log_jac: float = 0.0, requires_grad=True):
+    """One scale; image i has every z equal to levels[i]."""
+    z = torch.stack([torch.full((channels, hw, hw), v) for v in levels]).requires_grad_(requires_grad)
+    return [(z, torch.full((len(levels), hw, hw), log_jac))]
+
+
+def test_nll_is_half_squared_norm_minus_log_det_per_dimension():
+    out = outputs([1.0, 2.0], channels=3, hw=2, log_jac=0.6)
+    assert torch.allclose(nll_maps(out)[0][0], torch.full((2, 2), 0.5 * 3 * 1.0 - 0.6))
+    expected = torch.tensor([(0.5 * 12 * 1 - 4 * 0.6) / 12, (0.5 * 12 * 4 - 4 * 0.6) / 12])
+    assert torch.allclose(image_nll(out), expected)
+
+
+def test_weight_zero_is_plain_fastflow_nll():
+    normal = outputs([0.5, 1.0])
+    loss, terms = ssnf_loss(normal, outputs([0.1]), None, LossConfig(weight=0.0))
+    assert float(loss.detach()) == pytest.approx(float(image_nll(normal).mean().detach()))
+    assert terms["synthetic"] == 0.0 and terms["active"] == 0.0
+
+
+def test_constrained_counts_only_synthetics_more_likely_than_the_worst_normal():
+    normal = outputs([0.5, 1.0])  # worst normal NLL per dim: 0.5
+    synthetic = outputs([0.2, 3.0])  # 0.02 (counts) and 4.5 (does not)
+    loss, terms = ssnf_loss(normal, synthetic, None, LossConfig(weight=2.0, form="constrained"))
+    assert terms["active"] == 0.5
+    assert terms["synthetic"] == pytest.approx(-0.5 * 0.2**2)
+    loss.backward()
+    grad = synthetic[0][0].grad
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
+    capped = ssnf_loss(outputs([0.5, 1.0]), outputs([0.2, 0.9]), None, LossConfig(form="constrained", cap=0.1))[1]
+    assert capped["active"] == 0.5  # 0.9 -> 0.405 per dim: below the worst normal but above the cap
+
+
+def test_hinge_pushes_until_margin_past_the_worst_normal():
+    normal = outputs([1.0])  # NLL per dim 0.5
+    done = ssnf_loss(normal, outputs([2.0]), None, LossConfig(form="hinge", margin=1.0))[1]  # 2.0 >= 1.5
+    assert done["synthetic"] == 0.0 and done["active"] == 0.0
+    pushed = ssnf_loss(normal, outputs([1.2]), None, LossConfig(form="hinge", margin=1.0))[1]  # 0.72 < 1.5
+    assert pushed["synthetic"] == pytest.approx(1.5 - 0.72) and pushed["active"] == 1.0
+
+
+def test_mask_form_only_touches_masked_positions():
+    normal = outputs([1.0])
+    synthetic = outputs([0.1])
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :8] = 1  # the top-left quarter of a 4x4 map: positions [0:2, 0:2]
+    loss, terms = ssnf_loss(normal, synthetic, mask, LossConfig(form="mask", margin=0.1))
+    loss.backward()
+    grad = synthetic[0][0].grad[0].abs().sum(dim=0)
+    assert (grad[:2, :2] > 0).all() and grad[2:].sum() == 0 and grad[:, 2:].sum() == 0
+    assert terms["active"] == 1.0
+
+
+def test_score_maps_rank_unlikely_positions_higher():
+    z = torch.zeros(1, 4, 4, 4)
+    z[0, :, 1, 2] = 3.0
+    out = [(z, torch.zeros(1, 4, 4))]
+    for kind in ("density", "fastflow", "z2", "nll"):
+        m = position_maps(out, kind)[0][0]
+        assert m[1, 2] > m[0, 0]
+        assert int(m.argmax()) == 1 * 4 + 2
+    assert float(position_maps(out, "density")[0][0, 0, 0]) == -1.0
+    assert float(position_maps(out, "fastflow")[0][0, 0, 0]) == -1.0
+    assert float(position_maps(out, "z2")[0][0, 1, 2]) == pytest.approx(4.5)
+
+
+def test_maps_are_upsampled_averaged_smoothed_and_scored():
+    z1 = torch.zeros(2, 4, 8, 8)
+    z1[1, :, 4, 4] = 4.0
+    z2 = torch.zeros(2, 4, 4, 4)
+    out = [(z1, torch.zeros(2, 8, 8)), (z2, torch.zeros(2, 4, 4))]
+    cfg = ScoringConfig(map="z2", smooth_sigma=0.0)
+    maps = anomaly_maps(out, cfg, (32, 32))
+    assert maps.shape == (2, 32, 32)
+    assert float(maps[0].abs().max()) == 0.0 and float(maps[1].max()) > 0
+    scores = image_scores(maps, cfg)
+    assert scores[1] > scores[0]
+    top = image_scores(maps, ScoringConfig(map="z2", image_score="topk", topk=0.5))
+    assert float(top[1]) < float(scores[1])
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    flat = torch.full((1, 20, 20), 3.0)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat)
+    spike = torch.zeros(1, 41, 41)
+    spike[0, 20, 20] = 1.0
+    blurred = gaussian_blur(spike, 3.0)
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(blurred.max()) == pytest.approx(1 / (2 * math.pi * 9), rel=0.05)

@@ -1,0 +1,136 @@
+"""Training end to end on generated demo data: reports, checkpoints, exact resume, caches, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssnf import training
+from ssnf.checkpoint import load_checkpoint
+from ssnf.config import SSNFConfig
+from ssnf.data.demo import DemoSpec, ensure_demo
+from ssnf.errors import BackboneError, ConfigError, DataError
+from ssnf.features import FeatureCache
+from ssnf.training import TrainingDiverged, predict_features, train, with_overrides
+
+DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    ensure_demo(root, ("washer",), DEMO)
+    return root
+
+
+@pytest.fixture
+def tiny(demo_root, tmp_path, monkeypatch) -> SSNFConfig:
+    monkeypatch.setenv("SSNF_CACHE_DIR", str(tmp_path / "cache"))
+    return with_overrides(
+        SSNFConfig(),
+        data={"root": str(demo_root), "category": "washer", "image_size": 64, "val_fraction": 0.25},
+        backbone={"pretrained": False},
+        model={"hidden": 16, "couplings": 2, "heads": 2},
+        train={"epochs": 2, "batch_size": 4},
+    )
+
+
+def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
+    reports = []
+    result = train(tiny, out_dir=tmp_path / "run", callback=reports.append, progress=False)
+    assert [r["epoch"] for r in reports] == [1, 2] and result.history == reports
+    for r in reports:
+        assert 0.0 <= r["val_image_auroc"] <= 1.0 and 0.0 <= r["val_pixel_auroc"] <= 1.0
+        assert r["val_score"] == pytest.approx(0.5 * (r["val_image_auroc"] + r["val_pixel_auroc"]))
+        assert 0.0 <= r["active"] <= 1.0
+    assert (len(result.splits.train), len(result.splits.val)) == (9, 3)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt.epoch == 2 and ckpt.config == tiny
+    val_feats = [f[:2] for f in FeatureCache(tmp_path / "unused").features(
+        result.model.extractor, result.splits.val[:2], training.load_images(result.splits.val[:2], 64), 64)]
+    a = predict_features(result.model, val_feats, tiny, "cpu")
+    b = predict_features(ckpt.model, val_feats, tiny, "cpu")
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    straight = train(tiny, out_dir=tmp_path / "a", progress=False)
+    one = with_overrides(tiny, train={"epochs": 1})
+    train(one, out_dir=tmp_path / "b", progress=False)
+    # the 1-epoch checkpoint was written with epochs=1; resuming needs the same config, so rewrite it
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    training.save_checkpoint(tmp_path / "b" / "checkpoint.pt", ckpt.model, tiny, ckpt.epoch, ckpt.history,
+                             _optimizer_with(ckpt))
+    resumed = train(tiny, out_dir=tmp_path / "b", resume=tmp_path / "b" / "checkpoint.pt", progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    sa, sb = straight.model.flows.state_dict(), resumed.model.flows.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
+
+
+def _optimizer_with(ckpt):
+    optimizer = torch.optim.Adam(ckpt.model.flow_parameters())
+    optimizer.load_state_dict(ckpt.optimizer)
+    return optimizer
+
+
+def test_resume_refuses_another_config(tiny, tmp_path):
+    train(with_overrides(tiny, train={"epochs": 1}), out_dir=tmp_path / "r", progress=False)
+    with pytest.raises(Exception, match="different config"):
+        train(tiny, resume=tmp_path / "r" / "checkpoint.pt", progress=False)
+
+
+def test_weight_zero_never_synthesizes_and_minimises_plain_nll(tiny, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("w = 0 must not synthesize")
+
+    monkeypatch.setattr(training, "synthesize", forbidden)
+    result = train(with_overrides(tiny, loss={"weight": 0.0}, train={"epochs": 3}), progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert all(h["synthetic"] == 0.0 and h["loss"] == h["normal"] for h in result.history)
+    assert losses[-1] < losses[0]  # maximum likelihood on normal features makes progress
+
+
+@pytest.mark.parametrize("form", ["constrained", "hinge", "mask"])
+def test_every_loss_form_and_the_synthetic_pool_train(tiny, form):
+    result = train(with_overrides(tiny, loss={"form": form, "margin": 0.1}, synthesis={"pool_size": 6},
+                                  train={"epochs": 1}), progress=False)
+    assert result.history[0]["epoch"] == 1
+
+
+def test_feature_cache_is_reused_and_matches_a_fresh_extraction(tiny):
+    first = train(with_overrides(tiny, train={"epochs": 1}), progress=False)
+    second = train(with_overrides(tiny, train={"epochs": 1}), progress=False)
+    assert (first.timings["cache_misses"], second.timings["cache_hits"]) == (1, 1)
+    uncached = train(with_overrides(tiny, train={"epochs": 1, "feature_cache": False}), progress=False)
+    assert uncached.timings["cache_hits"] == uncached.timings["cache_misses"] == 0
+    assert uncached.history[0]["loss"] == pytest.approx(second.history[0]["loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_with_a_reason(tiny, monkeypatch):
+    real = training.ssnf_loss
+
+    def poisoned(*args, **kwargs):
+        loss, terms = real(*args, **kwargs)
+        return loss * float("nan"), {**terms, "loss": float("nan")}
+
+    monkeypatch.setattr(training, "ssnf_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1: lower train.lr"):
+        train(tiny, progress=False)
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    ({"backbone": {"name": "resnet_nope"}}, BackboneError, "unknown backbone 'resnet_nope'"),
+    ({"model": {"blocks": "conv,lstm"}}, ConfigError, "unknown block 'lstm'"),
+    ({"model": {"heads": 3}}, ConfigError, "model.heads=3 does not divide model.hidden=16"),
+    ({"data": {"val_fraction": 0.0}}, DataError, "no validation images"),
+    ({"data": {"few_shot": 1}}, DataError, "at least 2 normal training images"),
+    ({"data": {"image_size": 72}}, ConfigError, "not divisible by backbone stride 16"),
+])
+def test_bad_setups_fail_before_training(tiny, monkeypatch, overrides, error, message):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training must not start")
+
+    monkeypatch.setattr(training, "load_images", no_training)
+    with pytest.raises(error, match=message):
+        train(with_overrides(tiny, **overrides), progress=False)
