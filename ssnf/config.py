@@ -292,17 +292,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 
 def merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``tree`` with dotted-key ``overrides`` applied (``{"loss.weight": 0}``); neither input changes."""
-    out = unflatten(flatten(tree))
-    for dotted, value in overrides.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config key {dotted!r} nests under a value that is not a section")
-        node[leaf] = value
-    return out
+    """``tree`` (nested or dotted) with dotted-key ``overrides`` applied (``{"loss.weight": 0}``)."""
+    return unflatten({**flatten(tree), **overrides})
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
