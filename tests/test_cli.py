@@ -47,8 +47,8 @@ def test_train_evaluate_and_config_round_trip(tmp_path):
     from ssnf.config import to_dict
 
     root = tmp_path / "demo"
-    assert _run("data", "demo", "--root", str(root), "--size", "64", "--n-train", "8", "--n-test-good", "2",
-                "--n-per-defect", "1", "--categories", "weave").returncode == 0
+    assert main(["data", "demo", "--root", str(root), "--size", "64", "--n-train", "8", "--n-test-good", "2",
+                 "--n-per-defect", "1", "--categories", "weave"]) == 0
     out = tmp_path / "run"
     sets = ["data.image_size=64", "data.val_fraction=0.25", "backbone.pretrained=false", "model.hidden=16",
             "model.couplings=2", "model.heads=2", "train.epochs=1", "train.batch_size=4"]
@@ -72,7 +72,7 @@ def test_train_evaluate_and_config_round_trip(tmp_path):
     assert Image.open(overlays[0]).size == (3 * 64, 64)
 
 
-def test_train_refuses_bad_names_in_one_line_before_training(tmp_path):
+def test_train_refuses_bad_names_in_one_line_before_training(tmp_path, capsys):
     for sets, message in (
         (["model.blocks=conv,transformer"], "unknown block 'transformer'"),
         (["model.heads=3"], "model.heads=3 does not divide model.hidden=128"),
@@ -80,7 +80,8 @@ def test_train_refuses_bad_names_in_one_line_before_training(tmp_path):
         (["train.epochs=many"], "train.epochs must be an integer, got 'many'"),
         (["loss.form"], "expected key=value"),
     ):
-        proc = _run("train", "--data-root", str(tmp_path), "--category", "x", "--out", str(tmp_path / "o"),
-                    *[a for s in sets for a in ("--set", s)])
-        assert proc.returncode == 2, (sets, proc.stderr)
-        assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        code = main(["train", "--data-root", str(tmp_path), "--category", "x", "--out", str(tmp_path / "o"),
+                     *[a for s in sets for a in ("--set", s)]])
+        err = capsys.readouterr().err
+        assert code == 2, (sets, err)
+        assert message in err and err.count("\n") == 1, err
