@@ -81,6 +81,8 @@ class ModelConfig:
     clamp: float = 2.0  # affine clamp of the couplings
     permute_soft: bool = False  # random rotations instead of hard channel permutations
     norm: str = "fixed"  # none | fixed | actnorm: the per-channel affine in front of each flow
+    position: bool = False  # condition every coupling on a 2-D positional encoding (CFlow-AD style)
+    pos_channels: int = 32  # channels of that encoding
 
     def validate(self) -> None:
         if self.hidden < 4 or self.couplings < 1:
@@ -93,6 +95,8 @@ class ModelConfig:
             raise ConfigError(f"model.norm={self.norm!r} is not one of none, fixed, actnorm")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ConfigError(f"model.attn_dropout={self.attn_dropout} must lie in [0, 1)")
+        if self.position and (self.pos_channels < 4 or self.pos_channels % 4):
+            raise ConfigError(f"model.pos_channels={self.pos_channels} must be a positive multiple of 4")
 
 
 LOSS_FORMS = ("constrained", "hinge", "mask")

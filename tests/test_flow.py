@@ -68,13 +68,13 @@ def test_per_position_log_det_sums_to_freias():
     assert torch.allclose(position.sum(dim=(1, 2)), log_det, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_log_det_equals_the_true_jacobian(norm):
+@pytest.mark.parametrize("norm,position", [(n, False) for n in NORMS] + [("fixed", True)])
+def test_log_det_equals_the_true_jacobian(norm, position):
     """Change of variables checked against autograd's full Jacobian on a small input."""
     torch.manual_seed(0)
     seed_permutations(0)
     flow = ScaleFlow(4, SubnetSpec(hidden=8, blocks=("conv", "attn", "conv1"), heads=2), couplings=3,
-                     clamp=2.0, permute_soft=norm == "actnorm", norm=norm)
+                     clamp=2.0, permute_soft=norm == "actnorm", norm=norm, pos_channels=8 if position else 0)
     if flow.norm is not None:
         flow.norm.fit(torch.randn(8, 4, 3, 3) * 3 + 1)
     _perturb(flow)
@@ -122,3 +122,17 @@ def test_permutations_follow_the_seed():
     a, b, c = build(0), build(0), build(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("w_perm"))
+
+
+def test_position_conditioning_makes_the_density_depend_on_where_a_feature_is():
+    seed_permutations(2)
+    plain = ScaleFlow(4, SubnetSpec(hidden=8, blocks=("conv1",)), 2, 2.0, False, "none")
+    placed = ScaleFlow(4, SubnetSpec(hidden=8, blocks=("conv1",)), 2, 2.0, False, "none", pos_channels=8)
+    _perturb(plain)
+    _perturb(placed)
+    x = torch.randn(1, 4, 1, 1).expand(1, 4, 6, 6).contiguous()  # the same feature everywhere
+    for flow, varies in ((plain, False), (placed, True)):
+        z, log_jac = flow(x)
+        spread = float((z - z[..., :1, :1]).abs().max())
+        assert (spread > 1e-3) == varies
+        assert torch.allclose(flow.inverse(z), x, atol=1e-5)

@@ -90,7 +90,11 @@ def test_reference_recipe_is_fixed_per_seed_and_differs_from_training_synthesis(
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
     kinds = {reference_anomaly(image, s)[2] for s in range(30)}
     assert kinds == {"scratch", "hole", "contamination", "color"}
-    assert a[1].any()
+    for seed in range(12):  # the mask is exactly the visibly changed part of the painted region
+        out, mask, _ = reference_anomaly(image, seed)
+        change = np.abs(out.astype(int) - image.astype(int)).max(axis=2)
+        assert mask.any() and (change[mask] >= 2).all()
+        assert not (change[~mask] >= 2).any()
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -32,6 +32,7 @@ class SSNFModel(nn.Module):
                 SubnetSpec(hidden=cfg.hidden, blocks=stack, heads=cfg.heads, dropout=cfg.attn_dropout,
                            kv_size=cfg.attn_kv_size, pos_encoding=cfg.pos_encoding),
                 cfg.couplings, cfg.clamp, cfg.permute_soft, cfg.norm,
+                cfg.pos_channels if cfg.position else 0,
             )
             for channels, stack in zip(extractor.channels, stacks)
         )

@@ -4,6 +4,10 @@ Contract of a flow piece here: ``forward(x) -> (z, log_jac)`` where ``log_jac`` 
 *per position*, ``[B, H, W]``; its sum over ``H, W`` is FrEIA's per-sample log-determinant. Positions
 matter because the mask-aware loss and the NLL anomaly map need them.
 
+With ``position``, every coupling also receives a fixed 2-D sinusoidal encoding of the position as a
+condition (FrEIA's ``dims_c``), so the density may differ between places of an aligned part (a
+highlight that is normal in the middle of a tyre need not be rare there).
+
 Anything in front of the couplings is either fixed or has its log-determinant counted (``norm``):
 ``none``; ``fixed`` (per-channel standardisation with statistics of the training features, frozen);
 ``actnorm`` (a learned per-channel affine initialised the same way, log-determinant counted). A
@@ -20,7 +24,7 @@ from FrEIA.modules import AllInOneBlock
 from torch import nn
 
 from ssnf.errors import ConfigError
-from ssnf.model.subnets import SubnetFactory, SubnetSpec
+from ssnf.model.subnets import SubnetFactory, SubnetSpec, sinusoidal_2d
 
 NORMS = ("none", "fixed", "actnorm")
 
@@ -33,8 +37,10 @@ def _scaled_softplus(a: torch.Tensor) -> torch.Tensor:
 class CouplingBlock(AllInOneBlock):
     """``AllInOneBlock`` that pickles and reports its log-determinant per position."""
 
-    def __init__(self, channels: int, subnet: SubnetFactory, clamp: float, permute_soft: bool) -> None:
-        super().__init__([(channels, 1, 1)], subnet_constructor=subnet, affine_clamping=clamp,
+    def __init__(self, channels: int, subnet: SubnetFactory, clamp: float, permute_soft: bool,
+                 condition_channels: int = 0) -> None:
+        dims_c = [(condition_channels, 1, 1)] if condition_channels else []
+        super().__init__([(channels, 1, 1)], dims_c=dims_c, subnet_constructor=subnet, affine_clamping=clamp,
                          permute_soft=permute_soft, global_affine_type="SOFTPLUS")
         del self.softplus  # replaced by the picklable function below (same values)
         self.global_scale_activation = _scaled_softplus
@@ -92,29 +98,40 @@ class ScaleFlow(nn.Module):
     """Optional channel norm, then ``couplings`` coupling blocks, over one feature scale."""
 
     def __init__(self, channels: int, spec: SubnetSpec, couplings: int, clamp: float,
-                 permute_soft: bool, norm: str) -> None:
+                 permute_soft: bool, norm: str, pos_channels: int = 0) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ConfigError(f"model.norm={norm!r} is not one of {', '.join(NORMS)}")
         if channels < 2:
             raise ConfigError(f"a coupling flow needs at least 2 feature channels, got {channels}")
         self.norm = ChannelNorm(channels, norm) if norm != "none" else None
+        self.pos_channels = pos_channels
         factory = SubnetFactory(spec)
-        self.blocks = nn.ModuleList(CouplingBlock(channels, factory, clamp, permute_soft) for _ in range(couplings))
+        self.blocks = nn.ModuleList(
+            CouplingBlock(channels, factory, clamp, permute_soft, pos_channels) for _ in range(couplings)
+        )
+
+    def _conditions(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not self.pos_channels:
+            return []
+        b, _, h, w = x.shape
+        return [sinusoidal_2d(self.pos_channels, h, w, x.device, x.dtype).expand(b, -1, -1, -1)]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_jac = x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
         if self.norm is not None:
             x, j = self.norm(x)
             log_jac = log_jac + j
+        c = self._conditions(x)
         for block in self.blocks:
-            (x,), j = block((x,))
+            (x,), j = block((x,), c=c)
             log_jac = log_jac + j
         return x, log_jac
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        c = self._conditions(z)
         for block in reversed(self.blocks):
-            (z,), _ = block((z,), rev=True)
+            (z,), _ = block((z,), c=c, rev=True)
         if self.norm is not None:
             z = (z - self.norm.shift) * (-self.norm.log_scale).exp()
         return z
