@@ -29,12 +29,13 @@ LOSS_VARIANTS = {
     "mask_w1_m3": {"weight": 1.0, "form": "mask", "margin": 3.0},
     "mask_w0.2_m1": {"weight": 0.2, "form": "mask", "margin": 1.0},
 }
+MODEL_VARIANTS = {"plain": {}, "position": {"position": True}}
 KEEP = ("epoch", "loss", "normal", "synthetic", "active", "val_image_auroc", "val_pixel_auroc", "val_score")
 
 
-def cheap(data_root: str, category: str, epochs: int, loss: dict) -> SSNFConfig:
+def cheap(data_root: str, category: str, epochs: int, loss: dict, model: dict | None = None) -> SSNFConfig:
     return with_overrides(SSNFConfig(), data={"root": data_root, "category": category}, loss=loss,
-                          model={"couplings": 4, "hidden": 64}, train={"epochs": epochs})
+                          model={"couplings": 4, "hidden": 64, **(model or {})}, train={"epochs": epochs})
 
 
 def main() -> None:
@@ -44,11 +45,14 @@ def main() -> None:
     parser.add_argument("--category", default="tire")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--variants", default="")
+    parser.add_argument("--models", default="plain", help="comma-separated: plain, position")
     args = parser.parse_args()
     names = args.variants.split(",") if args.variants else (
         list(LOSS_VARIANTS) if args.what == "loss" else ["w0", "mask_w0.2_m1"])
-    for name in names:
-        cfg = cheap(args.data_root, args.category, args.epochs, LOSS_VARIANTS[name])
+    runs = [(n, m) for m in args.models.split(",") for n in names]
+    for loss_name, model_name in runs:
+        name = f"{loss_name}/{model_name}"
+        cfg = cheap(args.data_root, args.category, args.epochs, LOSS_VARIANTS[loss_name], MODEL_VARIANTS[model_name])
         result = train(cfg, progress=False, callback=lambda r, n=name: print(
             n, json.dumps({k: round(r[k], 4) for k in KEEP if k in r}), flush=True))
         if args.what != "scoring":

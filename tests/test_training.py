@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def tiny(demo_root, tmp_path, monkeypatch) -> SSNFConfig:
         SSNFConfig(),
         data={"root": str(demo_root), "category": "washer", "image_size": 64, "val_fraction": 0.25},
         backbone={"pretrained": False},
-        model={"hidden": 16, "couplings": 2, "heads": 2},
+        model={"hidden": 16, "couplings": 2, "heads": 2, "position": True, "pos_channels": 8},
         train={"epochs": 2, "batch_size": 4},
     )
 
@@ -51,6 +53,9 @@ def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     a = predict_features(result.model, val_feats, tiny, "cpu")
     b = predict_features(ckpt.model, val_feats, tiny, "cpu")
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    shipped = pickle.loads(pickle.dumps(result.model))  # what Ray does with a model
+    c = predict_features(shipped, val_feats, tiny, "cpu")
+    assert (a[0] == c[0]).all()
 
 
 def test_resume_continues_exactly(tiny, tmp_path):
