@@ -11,6 +11,7 @@ Test images are not touched here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import sys
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from ssnf.backbones.extractor import build_extractor
 from ssnf.checkpoint import load_checkpoint, save_checkpoint
-from ssnf.config import SSNFConfig
+from ssnf.config import SSNFConfig, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
@@ -82,7 +83,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
+def prepare(cfg: SSNFConfig, need_splits: bool = True) -> tuple[Splits | None, SSNFModel]:
     """Every check that can fail before training, cheapest first: config, shapes, backbone, data."""
     cfg.validate()
     parse_blocks(cfg.model.blocks, len(cfg.backbone.strides))
@@ -91,7 +92,13 @@ def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
     if bad:
         raise ConfigError(f"data.image_size={size} is not divisible by backbone stride {bad[0]}")
     extractor = build_extractor(cfg.backbone)
-    splits = make_splits(load_index(cfg.data), cfg.data)
+    splits = make_splits(load_index(cfg.data), cfg.data) if need_splits else None
+    if splits is not None:
+        check_splits(cfg, splits)
+    return splits, SSNFModel(extractor, cfg.model, cfg.train.seed)
+
+
+def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
     if not splits.val:
         raise DataError(
             f"no validation images for {cfg.data.category}: set data.val_fraction > 0 "
@@ -99,7 +106,6 @@ def prepare(cfg: SSNFConfig) -> tuple[Splits, SSNFModel]:
         )
     if cfg.loss.weight > 0 and len(splits.train) < 2:
         raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")
-    return splits, SSNFModel(extractor, cfg.model, cfg.train.seed)
 
 
 def build_validation(extractor, splits: Splits, images: np.ndarray, seed: int, device) -> ValidationSet:
@@ -145,32 +151,63 @@ def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generat
     return np.stack(out), np.stack(masks)
 
 
+@dataclass
+class PreparedData:
+    """What a run needs from its data, computed once: decoded training images, their backbone features,
+    the validation set. A sweep prepares it once per category and shares it between trials."""
+
+    key: str  # data_key() of the config it was made for
+    splits: Splits
+    train_images: np.ndarray  # uint8 [N, S, S, 3]
+    train_features: list[torch.Tensor]  # per scale [N, C, h, w], CPU
+    validation: ValidationSet
+    timings: dict = field(default_factory=dict)
+
+
+def data_key(cfg: SSNFConfig) -> str:
+    """The config values prepared data depend on: data, backbone and the seed of the validation anomalies."""
+    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.seed], sort_keys=True)
+
+
+def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu") -> PreparedData:
+    """Decode the training images, extract (or load from the disk cache) their features, build validation."""
+    t0 = time.perf_counter()
+    size = cfg.data.image_size
+    images = load_images(splits.train, size)
+    cache = FeatureCache()
+    feats = cache.features(extractor, splits.train, images, size, device)
+    t_features = time.perf_counter() - t0
+    val = build_validation(extractor, splits, load_images(splits.val, size), cfg.train.seed, device)
+    timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,
+               "prepare_s": time.perf_counter() - t0}
+    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, timings)
+
+
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
-          resume: Path | None = None, progress: bool | None = None) -> TrainResult:
-    """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch."""
+          resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None) -> TrainResult:
+    """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch.
+
+    ``data``: prepared data to use instead of reading and extracting (a sweep's shared copy); it must
+    have been made for the same data, backbone and seed.
+    """
     t_start = time.perf_counter()
     seed = cfg.train.seed
     seed_everything(seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    splits, model = prepare(cfg)
+    splits, model = prepare(cfg, need_splits=data is None)
     model.to(device)
-    size = cfg.data.image_size
     show = sys.stderr.isatty() if progress is None else progress
-
-    t0 = time.perf_counter()
-    train_images = load_images(splits.train, size)
-    cache = FeatureCache() if cfg.train.feature_cache else None
-    if cache is not None:
-        train_feats = cache.features(model.extractor, splits.train, train_images, size, device)
-    else:  # the baseline the cache is measured against: features recomputed at every step
-        train_feats = extract(model.extractor, train_images, device=device)
-    t_features = time.perf_counter() - t0
+    if data is None:
+        data = prepare_data(cfg, model.extractor, splits, device)
+    elif data.key != data_key(cfg):
+        raise SSNFError("the prepared data were made for another data / backbone / seed configuration")
+    splits, train_images, val = data.splits, data.train_images, data.validation
+    train_feats: list[torch.Tensor] | None = data.train_features
     model.fit_norms([f.to(device) for f in train_feats])
-    if cache is None:
+    if not cfg.train.feature_cache:  # the baseline the cache is measured against: backbone at every step
         train_feats = None
-    val = build_validation(model.extractor, splits, load_images(splits.val, size), seed, device)
 
     synthetic_on = cfg.loss.weight > 0
     pool_feats, pool_masks = None, None
@@ -195,8 +232,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     n = len(train_images)
     batch = min(cfg.train.batch_size, n)
     steps = max(1, n // batch)  # drop the ragged last batch: the worst-normal constraint needs a full one
-    timings = {"features_s": t_features, "cache_hits": cache.hits if cache else 0,
-               "cache_misses": cache.misses if cache else 0, "setup_s": time.perf_counter() - t_start}
+    timings = {**data.timings, "setup_s": time.perf_counter() - t_start}
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         t_epoch = time.perf_counter()
