@@ -53,7 +53,7 @@ def main() -> None:
     for loss_name, model_name in runs:
         name = f"{loss_name}/{model_name}"
         cfg = cheap(args.data_root, args.category, args.epochs, LOSS_VARIANTS[loss_name], MODEL_VARIANTS[model_name])
-        result = train(cfg, progress=False, callback=lambda r, n=name: print(
+        result = train(cfg, progress=False, callback=lambda r, _, n=name: print(
             n, json.dumps({k: round(r[k], 4) for k in KEEP if k in r}), flush=True))
         if args.what != "scoring":
             continue

@@ -62,7 +62,7 @@ def run_quality(args) -> None:
             cfg = base_config(args.data_root, category, args.epochs, **VARIANTS[variant])
             print(f"training {category} / {variant} for {args.epochs} epochs", flush=True)
             result = train(cfg, out_dir=out / "checkpoints" / f"{category}-{variant}", progress=False,
-                           callback=lambda r: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True))
+                           callback=lambda r, _: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True))
             t = time.perf_counter()
             test = evaluate(result.model, cfg, result.splits.test).metrics
             payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": test,

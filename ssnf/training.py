@@ -39,7 +39,7 @@ from ssnf.scoring import anomaly_maps, image_scores
 from ssnf.synthesis.patches import synthesize
 from ssnf.synthesis.reference import reference_anomaly
 
-EpochCallback = Callable[[dict], None]
+EpochCallback = Callable[[dict, SSNFModel], None]  # (this epoch's report, the model as it is now)
 
 
 class TrainingDiverged(SSNFError):
@@ -294,7 +294,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                                                                         "val_pixel_auroc", "val_score")}
             tqdm.write(f"epoch {epoch + 1}: {shown} ({report['train_s']:.1f} s)")
         if callback is not None:
-            callback(dict(report))
+            callback(dict(report), model)
     timings["total_s"] = time.perf_counter() - t_start
     model.eval()
     return TrainResult(model, cfg, splits, history, timings)

@@ -39,7 +39,8 @@ def tiny(demo_root, tmp_path, monkeypatch) -> SSNFConfig:
 
 def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     reports = []
-    result = train(tiny, out_dir=tmp_path / "run", callback=reports.append, progress=False)
+    result = train(tiny, out_dir=tmp_path / "run", callback=lambda report, model: reports.append(report),
+                   progress=False)
     assert [r["epoch"] for r in reports] == [1, 2] and result.history == reports
     for r in reports:
         assert 0.0 <= r["val_image_auroc"] <= 1.0 and 0.0 <= r["val_pixel_auroc"] <= 1.0

@@ -1,0 +1,32 @@
+"""Named search spaces for the sweep: ``tune_main.py --space NAME``.
+
+Contract of a space: a module-level define-by-run function ``space(trial: optuna.Trial) -> dict``
+registered with ``@register_space(name)``. It samples with ``trial.suggest_*`` under dotted config
+keys (``"loss.weight"``) or under ``"space.*"`` for structural helpers the trainable ignores
+(``"space.depth"``), and returns the config values it derives (``{"model.blocks": "conv,attn"}``).
+Sample a parameter only where it exists (a block's kind only for blocks that exist, a margin only for
+the loss forms that have one). A space may not set ``data.*``, ``backbone.*``, ``train.seed`` or
+``train.epochs``: those are the experiment's (features are shared between trials, the budget is
+``--max-epochs``).
+
+Adding a space: write a module here with a decorated function and import it at the bottom of this
+file; ``tests/test_spaces.py`` runs every registered space.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+Space = Callable[[Any], dict]
+SPACES: dict[str, Space] = {}
+
+
+def register_space(name: str) -> Callable[[Space], Space]:
+    def deco(fn: Space) -> Space:
+        SPACES[name] = fn
+        return fn
+
+    return deco
+
+
+from search_spaces import paper, smoke  # noqa: E402,F401  (registration)

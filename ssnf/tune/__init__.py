@@ -1,0 +1,14 @@
+"""The Ray Tune layer: the only place in ``ssnf`` that imports Ray.
+
+- ``trainable.py``: ``run_trial``, the function trainable around ``ssnf.training.train``;
+- ``overrides.py``: turning a search space's sample into a config (and refusing what a space may not set);
+- ``results.py``: the versioned Parquet schema and the callback that writes a row per trial, atomically;
+- ``sweep.py``: one Optuna study per category on local Ray or a cluster, resume, the per-category best.
+"""
+
+import os
+
+# Local runs stay quiet and on this machine; explicit settings in the environment win.
+for _key, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
+                     ("RAY_AUTH_MODE", "disabled")):
+    os.environ.setdefault(_key, _value)

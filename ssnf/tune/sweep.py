@@ -1,0 +1,222 @@
+"""One Optuna study per category, on local Ray or an existing cluster; resumable; Parquet results.
+
+``run_sweep(options, spaces)`` checks everything it can before it writes anything (space, data root,
+categories and their splits, the space's keys and values on a few samples, the storage, resume state,
+the resources the cluster can grant), then for each category prepares the data once (decoded images,
+frozen-backbone features, validation set), shares it with every trial through Ray's object store, and
+runs the study: Optuna TPE (seeded) or random search, ASHA over epochs or no scheduler, at most
+``max_concurrent`` trials at a time, failed workers retried from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import ray
+from pyarrow import fs as pafs
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from ssnf.backbones.extractor import build_extractor
+from ssnf.config import SSNFConfig, from_dict, merge, to_dict
+from ssnf.data.layouts import load_index
+from ssnf.data.splits import make_splits
+from ssnf.errors import DataError, SSNFError
+from ssnf.training import check_splits, prepare_data
+from ssnf.tune.overrides import check_space
+from ssnf.tune.results import ParquetResults
+from ssnf.tune.trainable import run_trial
+
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass
+class SweepOptions:
+    data_root: str
+    categories: list[str]
+    space: str = "smoke"
+    num_samples: int = 8
+    max_epochs: int = 6
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 2
+    storage: str = "ray_results"
+    name: str = "ssnf"
+    resume: bool = False
+    address: str | None = None
+    seed: int = 0
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    base: dict = field(default_factory=dict)  # nested config values every trial starts from (--config)
+    share_features: bool = True  # False: every trial extracts its own features (the benchmark's baseline)
+    verbose: int = 1
+
+
+@dataclass
+class CategoryOutcome:
+    category: str
+    trials: pd.DataFrame  # this category's rows of the trials table
+    best: pd.Series | None  # the full-budget trial with the highest final val_score
+
+
+def experiment_uri(options: SweepOptions) -> str:
+    storage = options.storage
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())  # Ray wants an absolute storage path
+    return f"{storage.rstrip('/')}/{options.name}"
+
+
+def _exists(uri: str) -> bool:
+    filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[str, SSNFConfig]:
+    """Every check that needs no cluster; returns the base config of each category."""
+    if options.space not in spaces:
+        raise SSNFError(f"unknown search space {options.space!r}; known: {', '.join(sorted(spaces))}")
+    if options.searcher not in SEARCHERS or options.scheduler not in SCHEDULERS:
+        raise SSNFError(f"--searcher must be one of {SEARCHERS} and --scheduler one of {SCHEDULERS}")
+    for name, value in (("num-samples", options.num_samples), ("max-epochs", options.max_epochs),
+                        ("max-concurrent", options.max_concurrent)):
+        if value < 1:
+            raise SSNFError(f"--{name}={value} must be at least 1")
+    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
+        raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+    if not options.categories:
+        raise SSNFError("no categories given: --categories a,b")
+    root = Path(options.data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist")
+    configs = {}
+    for category in options.categories:
+        tree = merge(options.base, {
+            "data.root": str(root.resolve()), "data.category": category, "train.epochs": options.max_epochs,
+            "train.seed": options.seed, "train.threads": max(1, int(options.cpus_per_trial)),
+            "train.device": "cuda" if options.gpus_per_trial > 0 else "cpu",
+        })
+        cfg = from_dict(SSNFConfig, tree)
+        check_splits(cfg, make_splits(load_index(cfg.data), cfg.data))
+        check_space(spaces[options.space], to_dict(cfg), seed=options.seed)
+        configs[category] = cfg
+    uri = experiment_uri(options)
+    started = [c for c in options.categories if _exists(f"{uri}/{c}")]
+    if options.resume and not started:
+        raise SSNFError(f"--resume: nothing to resume at {uri} (no study of {', '.join(options.categories)} there)")
+    if not options.resume and _exists(uri):
+        raise SSNFError(f"experiment {uri} exists already: add --resume to continue it, or choose another --name")
+    return configs
+
+
+def start_ray(options: SweepOptions) -> None:
+    if ray.is_initialized():
+        return
+    if options.address:
+        ray.init(address=options.address, logging_level=logging.WARNING)
+    else:  # a private local cluster on the loopback interface, no dashboard
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+    available = ray.cluster_resources()
+    for kind, need in (("CPU", options.cpus_per_trial), ("GPU", options.gpus_per_trial)):
+        if need > available.get(kind, 0.0):
+            raise SSNFError(f"a trial needs {need:g} {kind} but the cluster has {available.get(kind, 0.0):g}")
+
+
+def _searcher(options: SweepOptions, space: Callable):
+    import optuna
+
+    sampler = (optuna.samplers.TPESampler(seed=options.seed) if options.searcher == "tpe"
+               else optuna.samplers.RandomSampler(seed=options.seed))
+    search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler)
+    return ConcurrencyLimiter(search, max_concurrent=options.max_concurrent)
+
+
+def _scheduler(options: SweepOptions):
+    if options.scheduler == "none":
+        return None
+    return ASHAScheduler(time_attr="training_iteration", metric="val_score", mode="max", max_t=options.max_epochs,
+                         grace_period=max(1, options.max_epochs // 4), reduction_factor=2)
+
+
+def read_trials(uri: str) -> pd.DataFrame:
+    path = f"{uri}/results/trials"
+    if not _exists(path):
+        return pd.DataFrame()
+    return pd.read_parquet(path)
+
+
+def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[CategoryOutcome]:
+    configs = check_options(options, spaces)
+    start_ray(options)
+    uri = experiment_uri(options)
+    space = spaces[options.space]
+    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+    for category, cfg in configs.items():
+        data = None
+        if options.share_features:
+            data = prepare_data(cfg, build_extractor(cfg.backbone), make_splits(load_index(cfg.data), cfg.data))
+        base = to_dict(cfg)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base=base, data=data, private_cache=not options.share_features), resources)
+        path = f"{uri}/{category}"
+        if options.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=_searcher(options, space), scheduler=_scheduler(options),
+                                            num_samples=options.num_samples),
+                run_config=tune.RunConfig(
+                    name=category, storage_path=uri, verbose=options.verbose,
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[ParquetResults(f"{uri}/results", options.name, category, base, options.max_epochs,
+                                              options.cpus_per_trial, options.gpus_per_trial)],
+                ),
+            )
+        tuner.fit()
+    return summarize(uri, options.categories)
+
+
+def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:
+    trials = read_trials(uri)
+    outcomes = []
+    for category in categories:
+        rows = trials[trials["category"] == category] if len(trials) else trials
+        full = rows[rows["status"] == "completed"] if len(rows) else rows
+        best = full.loc[full["final_val_score"].idxmax()] if len(full) and full["final_val_score"].notna().any() else None
+        outcomes.append(CategoryOutcome(category, rows, best))
+    return outcomes
+
+
+def best_table(outcomes: list[CategoryOutcome]) -> str:
+    """The per-category best, by final validation score among trials that trained the full budget."""
+    varying = ("config.model.blocks", "config.model.hidden", "config.model.couplings", "config.loss.weight",
+               "config.loss.form", "config.train.lr")
+    lines = ["| category | trials (completed/stopped/failed) | best trial | val_score | test image AUROC | "
+             "test pixel AUROC | test AUPRO | " + " | ".join(v.removeprefix("config.") for v in varying) + " |",
+             "|---" * (7 + len(varying)) + "|"]
+    for o in outcomes:
+        counts = o.trials["status"].value_counts().to_dict() if len(o.trials) else {}
+        tally = f"{counts.get('completed', 0)}/{counts.get('stopped', 0)}/{counts.get('diverged', 0) + counts.get('error', 0)}"
+        if o.best is None:
+            lines.append(f"| {o.category} | {tally} | none completed |" + " |" * (4 + len(varying)))
+            continue
+        b = o.best
+        lines.append(
+            f"| {o.category} | {tally} | {b['trial_id']} | {b['final_val_score']:.4f} | {_num(b['test_image_auroc'])} | "
+            f"{_num(b['test_pixel_auroc'])} | {_num(b['test_aupro'])} | " + " | ".join(str(b[v]) for v in varying) + " |")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
+
+
+__all__ = ["SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]

@@ -1,0 +1,54 @@
+"""The Tune trainable: one trial = one ``ssnf.training.train`` run.
+
+Every epoch it reports the epoch's losses and validation metrics with ``tune.report`` and a checkpoint
+(the run's ``checkpoint.pt``), so a retried trial (``FailureConfig``) and a resumed experiment continue
+from the last epoch. A trial that trains the full budget also reports its test metrics with its last
+epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged`` and
+the reason and ends, so it is recorded as failed and not retried; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from ssnf.data.layouts import load_index
+from ssnf.data.splits import make_splits
+from ssnf.evaluate import evaluate
+from ssnf.training import PreparedData, TrainingDiverged, train
+from ssnf.tune.overrides import trial_config
+
+
+def run_trial(config: dict, base: dict, data: PreparedData | None = None, private_cache: bool = False) -> None:
+    cfg = trial_config(base, config)
+    work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
+    if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
+        os.environ["SSNF_CACHE_DIR"] = str(work / "cache")
+    ckpt_dir = work / "checkpoint"
+    ckpt_dir.mkdir()
+    resume = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            shutil.copy(Path(folder) / "checkpoint.pt", ckpt_dir / "checkpoint.pt")
+        resume = ckpt_dir / "checkpoint.pt"
+
+    def report(epoch_report: dict, model) -> None:
+        metrics = {k: float(v) for k, v in epoch_report.items() if isinstance(v, (int, float))}
+        if epoch_report["epoch"] == cfg.train.epochs:
+            samples = data.splits.test if data is not None else make_splits(load_index(cfg.data), cfg.data).test
+            if samples:
+                test = evaluate(model, cfg, samples, next(model.parameters()).device).metrics
+                metrics.update({f"test_{k}": v for k, v in test.items() if "/" not in k})
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+
+    try:
+        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data)
+    except TrainingDiverged as exc:
+        tune.report({"diverged": 1.0, "failure": str(exc)})  # no val_score: Optuna records it as pruned
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
