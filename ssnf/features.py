@@ -2,7 +2,7 @@
 
 The backbone never trains, so the features of the normal images are a pure function of the backbone
 (architecture, strides, exact weights), the image size and the image files' bytes. ``FeatureCache``
-keys a file under ``$SSNF_CACHE_DIR/features`` by exactly those, so an epoch costs little more than
+keys a file under ``$SSNF_FEATURES_DIR`` (default ``$SSNF_CACHE_DIR/features``) by exactly those, so an epoch costs little more than
 the flow, and every trial of a sweep on the same data reuses one extraction.
 """
 
@@ -20,7 +20,7 @@ import torch
 from ssnf.backbones.extractor import FeatureExtractor
 from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import Sample
-from ssnf.paths import cache_dir
+from ssnf.paths import features_dir
 
 
 def load_images(samples: Sequence[Sample], size: int) -> np.ndarray:
@@ -65,7 +65,7 @@ class FeatureCache:
     """Features of a list of images for one extractor and size, on disk under a content key."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else cache_dir() / "features"
+        self.root = Path(root) if root is not None else features_dir()
         self.hits = 0
         self.misses = 0
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "SSNF_CACHE_DIR"
+FEATURES_ENV = "SSNF_FEATURES_DIR"
 
 
 def cache_dir() -> Path:
@@ -19,3 +20,9 @@ def cache_dir() -> Path:
 def weights_dir() -> Path:
     """Folder of pretrained weight files: ``<cache>/weights``."""
     return cache_dir() / "weights"
+
+
+def features_dir() -> Path:
+    """Folder of cached backbone features: ``$SSNF_FEATURES_DIR``, else ``<cache>/features``."""
+    env = os.environ.get(FEATURES_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "features"

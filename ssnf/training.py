@@ -282,6 +282,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
         report = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
                   "train_s": time.perf_counter() - t_epoch, "synthesis_s": t_synth, "backbone_s": t_backbone}
+        if epoch == start_epoch:  # this call's setup (checks, data, model), on the first epoch it trains
+            report["setup_s"] = timings["setup_s"]
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             t = time.perf_counter()
             report.update(validate(model, val, cfg, device))

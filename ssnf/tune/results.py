@@ -39,7 +39,7 @@ STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "val_image_auroc", "val_pixel_auroc", "val_score",
-                "train_s", "val_s", "synthesis_s", "backbone_s")
+                "train_s", "val_s", "synthesis_s", "backbone_s", "setup_s")
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -75,7 +75,7 @@ def trials_schema() -> pa.Schema:
     tail = [
         pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()),
         pa.field("wall_s", pa.float64()), pa.field("train_s", pa.float64()), pa.field("setup_s", pa.float64()),
-        pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
+        pa.field("test_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
         pa.field("started_at", pa.timestamp("s", tz="UTC")), pa.field("ended_at", pa.timestamp("s", tz="UTC")),
     ]
@@ -125,7 +125,8 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
     final = history[-1] if history else {}
     best = max(history, key=lambda h: h.get("val_score", float("-inf"))) if history else {}
     train_s = sum(h.get("train_s", 0.0) + h.get("val_s", 0.0) for h in history)
-    setup_s = float(last_result.get("setup_s", 0.0))
+    setup_s = sum(h.get("setup_s", 0.0) for h in history)  # one per (re)start of the trial
+    test_s = float(last_result.get("test_s") or 0.0)
     wall = ended - started
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
@@ -135,7 +136,8 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs,
-        "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "ray_overhead_s": max(0.0, wall - train_s - setup_s),
+        "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
+        "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
         "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(), "node": node,
         "started_at": int(started), "ended_at": int(ended),
     }

@@ -116,12 +116,11 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
 
 
 def start_ray(options: SweepOptions) -> None:
-    if ray.is_initialized():
-        return
-    if options.address:
-        ray.init(address=options.address, logging_level=logging.WARNING)
-    else:  # a private local cluster on the loopback interface, no dashboard
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+    if not ray.is_initialized():  # (a caller's own session, e.g. the tests', is used as it is)
+        if options.address:
+            ray.init(address=options.address, logging_level=logging.WARNING)
+        else:  # a private local cluster on the loopback interface, no dashboard
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     available = ray.cluster_resources()
     for kind, need in (("CPU", options.cpus_per_trial), ("GPU", options.gpus_per_trial)):
         if need > available.get(kind, 0.0):
@@ -142,6 +141,11 @@ def _scheduler(options: SweepOptions):
         return None
     return ASHAScheduler(time_attr="training_iteration", metric="val_score", mode="max", max_t=options.max_epochs,
                          grace_period=max(1, options.max_epochs // 4), reduction_factor=2)
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders (Ray's default spells the whole config into the name)."""
+    return f"trial_{trial.trial_id}"
 
 
 def read_trials(uri: str) -> pd.DataFrame:
@@ -171,7 +175,7 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=_searcher(options, space), scheduler=_scheduler(options),
-                                            num_samples=options.num_samples),
+                                            num_samples=options.num_samples, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=category, storage_path=uri, verbose=options.verbose,
                     failure_config=tune.FailureConfig(max_failures=2),

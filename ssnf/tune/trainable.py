@@ -3,8 +3,8 @@
 Every epoch it reports the epoch's losses and validation metrics with ``tune.report`` and a checkpoint
 (the run's ``checkpoint.pt``), so a retried trial (``FailureConfig``) and a resumed experiment continue
 from the last epoch. A trial that trains the full budget also reports its test metrics with its last
-epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged`` and
-the reason and ends, so it is recorded as failed and not retried; the sweep goes on.
+epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged``, the reason
+and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ray import tune
@@ -19,6 +20,7 @@ from ray import tune
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
+from ssnf.paths import FEATURES_ENV
 from ssnf.training import PreparedData, TrainingDiverged, train
 from ssnf.tune.overrides import trial_config
 
@@ -26,8 +28,9 @@ from ssnf.tune.overrides import trial_config
 def run_trial(config: dict, base: dict, data: PreparedData | None = None, private_cache: bool = False) -> None:
     cfg = trial_config(base, config)
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
+    saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
-        os.environ["SSNF_CACHE_DIR"] = str(work / "cache")
+        os.environ[FEATURES_ENV] = str(work / "features")
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
     resume = None
@@ -42,13 +45,22 @@ def run_trial(config: dict, base: dict, data: PreparedData | None = None, privat
         if epoch_report["epoch"] == cfg.train.epochs:
             samples = data.splits.test if data is not None else make_splits(load_index(cfg.data), cfg.data).test
             if samples:
+                t = time.perf_counter()
                 test = evaluate(model, cfg, samples, next(model.parameters()).device).metrics
                 metrics.update({f"test_{k}": v for k, v in test.items() if "/" not in k})
+                metrics["test_s"] = time.perf_counter() - t
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
     try:
         train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data)
     except TrainingDiverged as exc:
-        tune.report({"diverged": 1.0, "failure": str(exc)})  # no val_score: Optuna records it as pruned
+        # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
+        # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
+        tune.report({"diverged": 1.0, "failure": str(exc), "val_score": float("nan")})
     finally:
+        if private_cache:  # Ray reuses worker processes: leave the environment as it was
+            if saved_env is None:
+                os.environ.pop(FEATURES_ENV, None)
+            else:
+                os.environ[FEATURES_ENV] = saved_env
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Search spaces: every registered space samples valid configs, conditional parameters exist only where
+they apply, and a space cannot touch what the experiment fixes. No Ray here (Optuna alone)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search_spaces import SPACES, register_space
+from ssnf.config import SSNFConfig, to_dict
+from ssnf.errors import ConfigError
+from ssnf.tune.overrides import check_space, trial_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+BASE = to_dict(SSNFConfig())
+
+
+def samples(space, n: int, seed: int = 0):
+    """``n`` (params, derived, config) triples drawn by Optuna's random sampler."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        derived = space(trial) or {}
+        cfg = trial_config(BASE, {**trial.params, **derived})
+        cfg.validate()
+        out.append((dict(trial.params), derived, cfg))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_the_documented_spaces_are_registered():
+    assert {"smoke", "paper"} <= set(SPACES)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_space_samples_valid_configs_with_conditional_parameters(name):
+    space = SPACES[name]
+    drawn = samples(space, 40)
+    for params, derived, cfg in drawn:
+        depth = params["space.depth"]
+        blocks = [params[f"space.block{i}"] for i in range(depth)]
+        assert not any(f"space.block{i}" in params for i in range(depth, 8)), "a block kind for a block that does not exist"
+        assert cfg.model.blocks == ",".join(blocks) == derived["model.blocks"]
+        assert cfg.model.hidden % cfg.model.heads == 0
+        if cfg.loss.weight == 0:  # no synthetic term: its synthesis and margin knobs are not searched
+            assert not any(k.startswith(("synthesis.", "loss.margin", "loss.cap", "loss.form")) for k in params)
+        assert not any(k.startswith(("data.", "backbone.")) or k in ("train.seed", "train.epochs") for k in {**params, **derived})
+    depths = {p["space.depth"] for p, _, _ in drawn}
+    assert len(depths) > 1, "the stacking depth is searched"
+    assert {p["space.block0"] for p, _, _ in drawn} == {"conv", "attn"}, "the block order is searched"
+    check_space(space, BASE, samples=8, seed=1)  # what the driver runs before any trial
+
+
+def test_paper_space_covers_the_issue_s_knobs():
+    keys = set()
+    for params, _, _ in samples(SPACES["paper"], 60, seed=3):
+        keys |= set(params)
+    for knob in ("model.hidden", "model.heads", "model.couplings", "model.clamp", "loss.weight", "loss.form",
+                 "loss.margin", "loss.cap", "synthesis.max_patches", "synthesis.width_min", "synthesis.width_max",
+                 "synthesis.blend", "synthesis.object_aware", "train.lr"):
+        assert knob in keys, knob
+    drawn = samples(SPACES["paper"], 60, seed=4)
+    assert {p["space.depth"] for p, _, _ in drawn} == {1, 2, 3, 4}
+    assert {c.loss.weight == 0 for _, _, c in drawn} == {True, False}, "the w = 0 ablation is in the space"
+
+
+def test_a_space_may_not_set_what_the_experiment_fixes():
+    for key, value in (("data.image_size", 64), ("backbone.name", "resnet18"), ("train.epochs", 3), ("train.seed", 1)):
+        with pytest.raises(ConfigError, match=f"a search space may not set '{key}'"):
+            trial_config(BASE, {key: value})
+
+
+def test_a_typo_in_a_space_fails_before_any_trial():
+    def typo(trial):
+        trial.suggest_float("loss.wieght", 0.0, 1.0)
+        return {}
+
+    with pytest.raises(ConfigError, match="unknown config key 'loss.wieght'"):
+        check_space(typo, BASE)
+
+    def impossible(trial):  # heads that do not divide the width
+        trial.suggest_categorical("model.heads", [3])
+        return {"model.hidden": 16}
+
+    with pytest.raises(ConfigError, match="heads"):
+        check_space(impossible, BASE)
+
+
+def test_register_space_adds_a_named_space():
+    @register_space("_test_only")
+    def tiny(trial):
+        trial.suggest_categorical("loss.weight", [0.0])
+        return {"model.blocks": "conv"}
+
+    try:
+        assert SPACES["_test_only"] is tiny
+        check_space(tiny, BASE)
+    finally:
+        del SPACES["_test_only"]

@@ -1,0 +1,181 @@
+"""The sweep on local Ray, on generated demo data: Parquet rows per trial, shared features, a diverging
+trial recorded as failed, resume after ``kill -9`` of the driver, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pd = pytest.importorskip("pandas")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import tune_main  # noqa: E402
+from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
+from ssnf.data.demo import DemoSpec, ensure_demo  # noqa: E402
+from ssnf.tune.sweep import SweepOptions, best_table, run_sweep  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
+# Tiny and fast: 64 px, a random (untrained) backbone, no weights needed.
+BASE_SETS = {"data.image_size": 64, "data.val_fraction": 0.25, "backbone.pretrained": False, "train.batch_size": 4}
+
+
+def diverging_first(trial) -> dict:
+    """Module-level define-by-run space: the first trial diverges (lr 1e6, no clipping), the rest train."""
+    trial.suggest_categorical("model.hidden", [8, 16])
+    trial.suggest_int("model.couplings", 1, 2)
+    derived = {"model.blocks": "conv", "model.heads": 2}
+    if trial.number == 0:
+        derived.update({"train.lr": 1e6, "train.grad_clip": 0.0})
+    return derived
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweepdemo")
+    ensure_demo(root, ("washer", "weave"), DEMO)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    features = tmp_path_factory.mktemp("features")
+    old = os.environ.get("SSNF_FEATURES_DIR")
+    os.environ["SSNF_FEATURES_DIR"] = str(features)  # workers inherit the driver's environment
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    yield features
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("SSNF_FEATURES_DIR", None)
+    else:
+        os.environ["SSNF_FEATURES_DIR"] = old
+
+
+def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_path):
+    options = SweepOptions(
+        data_root=str(demo_root), categories=["washer"], space="t", num_samples=3, max_epochs=2,
+        max_concurrent=2, storage=str(tmp_path / "store"), name="e2e", base=merge(to_dict(SSNFConfig()), BASE_SETS),
+        verbose=0,
+    )
+    started = time.time()
+    outcomes = run_sweep(options, {"t": diverging_first})
+
+    results = tmp_path / "store" / "e2e" / "results"
+    trials = pd.read_parquet(results / "trials")  # plain pandas, no ssnf code
+    epochs = pd.read_parquet(results / "epochs")
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped", "diverged"}
+    diverged = trials[trials["config.train.lr"] == 1e6]
+    assert list(diverged["status"]) == ["diverged"]
+    assert "loss became nan" in diverged["failure"].iloc[0]
+    healthy = trials[trials["status"] != "diverged"]
+    assert len(healthy) == 2 and (healthy["status"] == "completed").any()
+    for _, row in healthy.iterrows():
+        assert row["experiment"] == "e2e" and row["category"] == "washer" and row["budget_epochs"] == 2
+        assert 0.0 <= row["final_val_score"] <= 1.0 and row["config.data.image_size"] == 64
+        assert len(epochs[epochs["trial_id"] == row["trial_id"]]) == row["epochs_run"]
+        full = row["status"] == "completed"
+        assert (row["epochs_run"] == 2) == full
+        assert pd.notna(row["test_image_auroc"]) == full  # test metrics of the trained model, reported only
+        assert row["wall_s"] >= row["train_s"] > 0 and row["ray_overhead_s"] >= 0
+        assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
+
+    schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
+    assert schema.metadata[b"ssnf_schema_version"] == b"1"
+    assert str(schema.field("config.loss.weight").type) == "double"
+    strides = schema.field("config.backbone.strides").type
+    assert strides.num_fields == 1 and str(strides.value_type) == "int64"
+    assert str(schema.field("config.synthesis.object_aware").type) == "bool"
+    assert not list(results.rglob("*.part")), "no half-written file stays behind"
+
+    # Features were computed once, by the driver, before any trial started: no trial wrote to the cache.
+    cached = [p for p in ray_session.rglob("*") if p.is_file()]
+    assert cached and max(p.stat().st_mtime for p in cached) <= trials["started_at"].min().timestamp() + 1
+    assert max(p.stat().st_mtime for p in cached) >= started - 1
+
+    (outcome,) = outcomes
+    completed = trials[trials["status"] == "completed"]
+    assert outcome.best["trial_id"] == completed.loc[completed["final_val_score"].idxmax(), "trial_id"]
+    table = best_table(outcomes)
+    assert outcome.best["trial_id"] in table and "| washer |" in table
+
+
+def _tune_main(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "tune_main.py"), *args]
+
+
+def test_resume_after_kill_9_of_the_driver_loses_and_duplicates_nothing(demo_root, tmp_path):
+    store = tmp_path / "store"
+    common = ["--data-root", str(demo_root), "--categories", "weave", "--space", "smoke", "--num-samples", "4",
+              "--max-epochs", "2", "--max-concurrent", "1", "--scheduler", "none", "--storage", str(store),
+              "--name", "killed"] + [a for k, v in BASE_SETS.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "SSNF_FEATURES_DIR": str(tmp_path / "features")}
+    rows = store / "killed" / "results" / "trials"
+    driver = subprocess.Popen(_tune_main(*common), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(rows.glob("*.parquet"))) < 1 and driver.poll() is None:
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # the local Ray processes of the killed driver too
+        except ProcessLookupError:
+            pass
+    before = pd.read_parquet(rows).set_index("trial_id")
+    assert 1 <= len(before) < 4
+
+    done = subprocess.run(_tune_main(*common, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trials = pd.read_parquet(rows)
+    assert len(trials) == 4 and trials["trial_id"].is_unique, "resume ran up to the requested trials, once each"
+    assert set(trials["status"]) == {"completed"}
+    # A trial that ended just before the kill, after Ray's last snapshot of the experiment, is finished
+    # again from its checkpoint and its row rewritten in place: same trial, same results, one row.
+    after = trials.set_index("trial_id")
+    assert set(before.index) <= set(after.index), "rows written before the kill are kept"
+    pd.testing.assert_series_equal(before["final_val_score"], after.loc[before.index, "final_val_score"])
+    assert "| weave |" in done.stdout and "--name killed --resume" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "nope"], "unknown search space 'nope'; known: paper, smoke"),
+    (["--categories", "bottle"], "category 'bottle' not found in"),
+    (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
+    (["--resume", "--name", "never-ran"], "--resume: nothing to resume at"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(demo_root, tmp_path, capsys, args, message):
+    store = tmp_path / "store"
+    base = ["--data-root", str(demo_root), "--categories", "washer", "--storage", str(store)]
+    assert tune_main.main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tune_main: error: ") and message in err and "\n" not in err
+    assert not store.exists()
+
+
+def test_missing_data_root_and_resume_without_name(tmp_path, capsys):
+    assert tune_main.main(["--data-root", str(tmp_path / "nowhere"), "--categories", "x"]) == 2
+    assert f"data root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert tune_main.main(["--data-root", str(tmp_path), "--resume"]) == 2
+    assert "--resume needs the --name" in capsys.readouterr().err
+
+
+def test_resources_the_cluster_cannot_grant(demo_root, ray_session, tmp_path, capsys):
+    store = tmp_path / "store"
+    rc = tune_main.main(["--data-root", str(demo_root), "--categories", "washer", "--storage", str(store),
+                         "--cpus-per-trial", "64"])
+    assert rc == 2
+    assert "a trial needs 64 CPU but the cluster has 2" in capsys.readouterr().err
+    assert not store.exists()
