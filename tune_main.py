@@ -28,8 +28,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", help=f"dataset root (default: generate the demo data in {DEMO_ROOT}/)")
     p.add_argument("--categories", help=f"comma-separated categories, one study each (demo: {DEMO_CATEGORIES})")
     p.add_argument("--space", default="smoke", help="search space name (search_spaces/)")
-    p.add_argument("--num-samples", type=int, default=None, help="trials per category (demo 4, else 8)")
-    p.add_argument("--max-epochs", type=int, default=None, help="epochs of a full-budget trial (demo 3, else 10)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials per category (demo 6, else 8)")
+    p.add_argument("--max-epochs", type=int, default=None, help="epochs of a full-budget trial (demo 4, else 10)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=2)
@@ -78,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SweepOptions(
             data_root=data_root,
             categories=[c for c in (args.categories or (DEMO_CATEGORIES if demo else "")).split(",") if c],
-            space=args.space, num_samples=_default(args.num_samples, 4 if demo else 8),
-            max_epochs=_default(args.max_epochs, 3 if demo else 10), cpus_per_trial=args.cpus_per_trial,
+            space=args.space, num_samples=_default(args.num_samples, 6 if demo else 8),
+            max_epochs=_default(args.max_epochs, 4 if demo else 10), cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, storage=args.storage,
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,

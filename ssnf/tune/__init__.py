@@ -10,5 +10,8 @@ import os
 
 # Local runs stay quiet and on this machine; explicit settings in the environment win.
 for _key, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-                     ("RAY_AUTH_MODE", "disabled")):
+                     ("RAY_AUTH_MODE", "disabled"),
+                     # every epoch checkpoints and keeps one: the frequent experiment snapshots that
+                     # follow are what makes --resume lose nothing, not a problem to warn about
+                     ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")):
     os.environ.setdefault(_key, _value)

@@ -215,8 +215,12 @@ def best_table(outcomes: list[CategoryOutcome]) -> str:
         b = o.best
         lines.append(
             f"| {o.category} | {tally} | {b['trial_id']} | {b['final_val_score']:.4f} | {_num(b['test_image_auroc'])} | "
-            f"{_num(b['test_pixel_auroc'])} | {_num(b['test_aupro'])} | " + " | ".join(str(b[v]) for v in varying) + " |")
+            f"{_num(b['test_pixel_auroc'])} | {_num(b['test_aupro'])} | " + " | ".join(_cell(b[v]) for v in varying) + " |")
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _num(value) -> str:

@@ -41,7 +41,10 @@ def run_trial(config: dict, base: dict, data: PreparedData | None = None, privat
         resume = ckpt_dir / "checkpoint.pt"
 
     def report(epoch_report: dict, model) -> None:
-        metrics = {k: float(v) for k, v in epoch_report.items() if isinstance(v, (int, float))}
+        # Ray's progress table shows the first four metrics of a result: validation first.
+        first = [k for k in ("val_score", "val_image_auroc", "val_pixel_auroc", "loss") if k in epoch_report]
+        metrics = {k: float(epoch_report[k]) for k in first}
+        metrics.update({k: float(v) for k, v in epoch_report.items() if isinstance(v, (int, float)) and k not in metrics})
         if epoch_report["epoch"] == cfg.train.epochs:
             samples = data.splits.test if data is not None else make_splits(load_index(cfg.data), cfg.data).test
             if samples:
