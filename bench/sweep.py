@@ -7,8 +7,9 @@ Each run is one ``tune_main.py`` process on local Ray (the ``smoke`` space, ``--
 ``--max-concurrent`` at a time, one CPU each), started with an empty feature cache of its own:
 
 - ``tpe``: Optuna TPE + ASHA, features computed once by the driver and shared (the default);
-- ``private``: the same search, but every trial computes its own features (``--no-shared-features``);
-- ``random``: random search + ASHA at the same budget, shared features.
+- ``random``: random search + ASHA at the same budget, shared features;
+- ``private``: the random run's trials (same seed, same draws), but every trial computes its own
+  features (``--no-shared-features``): only the sharing differs.
 
 Measured: wall time of the whole sweep (driver setup included) -> trials per hour; CPU utilisation of
 the machine over the run (/proc/stat; the machine is shared, so other load shows up too); per trial
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUNS = {
     "tpe": ["--searcher", "tpe", "--scheduler", "asha"],
-    "private": ["--searcher", "tpe", "--scheduler", "asha", "--no-shared-features"],
+    "private": ["--searcher", "random", "--scheduler", "asha", "--no-shared-features"],
     "random": ["--searcher", "random", "--scheduler", "asha"],
 }
 

@@ -108,6 +108,54 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     assert outcome.best["trial_id"] in table and "| washer |" in table
 
 
+def one_slow_trial(trial) -> dict:
+    """Module-level space: one small model trained for many short epochs (time to kill its worker)."""
+    trial.suggest_categorical("model.hidden", [8])
+    return {"model.blocks": "conv", "model.heads": 2, "model.couplings": 1, "loss.weight": 0.0}
+
+
+def _trial_workers() -> list[int]:
+    """PIDs of Ray worker processes that are running a trial (Ray titles them ``ray::ImplicitFunc...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint(demo_root, ray_session, tmp_path):
+    import threading
+
+    store = tmp_path / "store"
+    options = SweepOptions(
+        data_root=str(demo_root), categories=["washer"], space="slow", num_samples=1, max_epochs=25,
+        max_concurrent=1, scheduler="none", storage=str(store), name="retry",
+        base=merge(to_dict(SSNFConfig()), BASE_SETS), verbose=0,
+    )
+    outcome: list = []
+    sweep = threading.Thread(target=lambda: outcome.extend(run_sweep(options, {"slow": one_slow_trial})))
+    sweep.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and sweep.is_alive():
+        if list((store / "retry" / "washer").glob("trial_*/checkpoint_00000[1-9]")):  # two epochs reported
+            workers = _trial_workers()
+            if workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+        time.sleep(0.05)
+    sweep.join(timeout=300)
+    assert killed is not None, "the trial ended before its worker could be killed"
+    trials = pd.read_parquet(store / "retry" / "results" / "trials")
+    (row,) = trials.itertuples()
+    assert row.status == "completed" and row.retries >= 1 and row.epochs_run == 25
+    epochs = pd.read_parquet(store / "retry" / "results" / "epochs")
+    assert list(epochs["epoch"]) == list(range(1, 26)), "continued from the checkpoint: every epoch once"
+
+
 def _tune_main(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "tune_main.py"), *args]
 

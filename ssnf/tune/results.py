@@ -73,7 +73,7 @@ def trials_schema() -> pa.Schema:
         + [pa.field(f"test_{m}", pa.float64()) for m in TEST_METRICS]
     )
     tail = [
-        pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()),
+        pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()), pa.field("retries", pa.int64()),
         pa.field("wall_s", pa.float64()), pa.field("train_s", pa.float64()), pa.field("setup_s", pa.float64()),
         pa.field("test_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
@@ -120,7 +120,7 @@ def write_table(table: pa.Table, uri: str) -> None:
 
 def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, failure: str | None,
                cfg: SSNFConfig, history: list[dict], last_result: dict, started: float, ended: float,
-               cpus: float, gpus: float, node: str) -> tuple[dict, list[dict]]:
+               cpus: float, gpus: float, node: str, retries: int = 0) -> tuple[dict, list[dict]]:
     """The ``trials`` row and the ``epochs`` rows of one ended trial."""
     final = history[-1] if history else {}
     best = max(history, key=lambda h: h.get("val_score", float("-inf"))) if history else {}
@@ -135,7 +135,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         **{f"final_{m}": final.get(m) for m in VAL_METRICS},
         "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
-        "epochs_run": len(history), "budget_epochs": cfg.train.epochs,
+        "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
         "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
         "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
         "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(), "node": node,
@@ -190,6 +190,7 @@ class ParquetResults(Callback):
             experiment=self.experiment, category=self.category, trial_id=trial.trial_id, status=status,
             failure=failure, cfg=cfg, history=history, last_result=last, started=started, ended=ended,
             cpus=self.cpus, gpus=self.gpus, node=str(last.get("hostname") or socket.gethostname()),
+            retries=int(getattr(trial, "num_failures", 0) or 0),
         )
         write_table(pa.Table.from_pylist([row], schema=trials_schema()), f"{self.results_uri}/trials/{trial.trial_id}.parquet")
         write_table(pa.Table.from_pylist(epochs, schema=EPOCHS_SCHEMA), f"{self.results_uri}/epochs/{trial.trial_id}.parquet")

@@ -130,8 +130,15 @@ def start_ray(options: SweepOptions) -> None:
 def _searcher(options: SweepOptions, space: Callable):
     import optuna
 
-    sampler = (optuna.samplers.TPESampler(seed=options.seed) if options.searcher == "tpe"
-               else optuna.samplers.RandomSampler(seed=options.seed))
+    if options.searcher == "tpe":
+        # Optuna's default of 10 random start-up trials would make a budget of 8 pure random search
+        # (with the same draws as --searcher random); a third of the budget, 3 to 10, leaves TPE room to
+        # model. constant_liar keeps concurrent trials from being proposed on top of each other.
+        startup = min(10, max(3, options.num_samples // 3))
+        sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup, multivariate=True,
+                                             constant_liar=True)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=options.seed)
     search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=options.max_concurrent)
 
