@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and not args.name:
         print("tune_main: error: --resume needs the --name of the experiment to continue", file=sys.stderr)
         return 2
+    from ssnf.tune.sweep import SweepInterrupted
+
     try:
         from search_spaces import SPACES
         from ssnf.cli import load_config
@@ -85,10 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
         )
         outcomes = run_sweep(options, SPACES)
+    except SweepInterrupted as exc:
+        print(f"tune_main: interrupted: {exc}", file=sys.stderr)
+        return 130
     except SSNFError as exc:
         print(f"tune_main: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Ray Tune took over
         print(f"tune_main: interrupted; continue with: python tune_main.py ... --name {name} --resume", file=sys.stderr)
         return 130
     uri = experiment_uri(options)

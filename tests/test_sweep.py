@@ -160,42 +160,60 @@ def _tune_main(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "tune_main.py"), *args]
 
 
-def test_resume_after_kill_9_of_the_driver_loses_and_duplicates_nothing(demo_root, tmp_path):
-    store = tmp_path / "store"
-    common = ["--data-root", str(demo_root), "--categories", "weave", "--space", "smoke", "--num-samples", "4",
-              "--max-epochs", "2", "--max-concurrent", "1", "--scheduler", "none", "--storage", str(store),
-              "--name", "killed"] + [a for k, v in BASE_SETS.items() for a in ("--set", f"{k}={v}")]
-    env = {**os.environ, "SSNF_FEATURES_DIR": str(tmp_path / "features")}
-    rows = store / "killed" / "results" / "trials"
-    driver = subprocess.Popen(_tune_main(*common), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and len(list(rows.glob("*.parquet"))) < 1 and driver.poll() is None:
-            time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
+def _run_until(cmd: list[str], env: dict, cwd: Path, rows: Path, n_rows: int, sig: int, log: Path) -> int:
+    """Start a driver, send it ``sig`` once ``rows`` holds ``n_rows`` trial files; its exit status."""
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            os.killpg(driver.pid, signal.SIGKILL)  # the local Ray processes of the killed driver too
-        except ProcessLookupError:
-            pass
+            deadline = time.time() + 240
+            while time.time() < deadline and len(list(rows.glob("*.parquet"))) < n_rows and driver.poll() is None:
+                time.sleep(0.2)
+            assert driver.poll() is None, f"the sweep ended before it could be stopped:\n{log.read_text()[-2000:]}"
+            os.kill(driver.pid, sig)
+            return driver.wait(timeout=120)
+        finally:
+            if sig == signal.SIGKILL:
+                try:
+                    os.killpg(driver.pid, signal.SIGKILL)  # the local Ray processes of the killed driver too
+                except ProcessLookupError:
+                    pass
+
+
+def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, tmp_path):
+    store = tmp_path / "store"
+    common = ["--data-root", str(demo_root), "--categories", "weave", "--space", "smoke", "--num-samples", "5",
+              "--max-epochs", "2", "--max-concurrent", "1", "--scheduler", "none", "--storage", str(store),
+              "--name", "stopped"] + [a for k, v in BASE_SETS.items() for a in ("--set", f"{k}={v}")]
+    env = {**os.environ, "SSNF_FEATURES_DIR": str(tmp_path / "features")}
+    rows = store / "stopped" / "results" / "trials"
+
+    # Ctrl-C: Ray Tune saves the experiment and returns; tune_main says how to continue, exit 130.
+    log = tmp_path / "first.log"
+    assert _run_until(_tune_main(*common), env, tmp_path, rows, 1, signal.SIGINT, log) == 130
+    assert "tune_main: interrupted: the sweep stopped with" in log.read_text()
+    assert "continue with --name stopped --resume" in log.read_text()
+    first = pd.read_parquet(rows)
+    assert 1 <= len(first) < 5
+
+    # kill -9 of the resumed driver once it has ended one more trial.
+    code = _run_until(_tune_main(*common, "--resume"), env, tmp_path, rows, len(first) + 1, signal.SIGKILL,
+                      tmp_path / "second.log")
+    assert code == -signal.SIGKILL
     before = pd.read_parquet(rows).set_index("trial_id")
-    assert 1 <= len(before) < 4
+    assert len(first) < len(before) < 5
 
     done = subprocess.run(_tune_main(*common, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = pd.read_parquet(rows)
-    assert len(trials) == 4 and trials["trial_id"].is_unique, "resume ran up to the requested trials, once each"
+    assert len(trials) == 5 and trials["trial_id"].is_unique, "resume ran up to the requested trials, once each"
     assert set(trials["status"]) == {"completed"}
     # A trial that ended just before the kill, after Ray's last snapshot of the experiment, is finished
     # again from its checkpoint and its row rewritten in place: same trial, same results, one row.
     after = trials.set_index("trial_id")
     assert set(before.index) <= set(after.index), "rows written before the kill are kept"
     pd.testing.assert_series_equal(before["final_val_score"], after.loc[before.index, "final_val_score"])
-    assert "| weave |" in done.stdout and "--name killed --resume" in done.stdout
+    assert "| weave |" in done.stdout and "--name stopped --resume" in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [

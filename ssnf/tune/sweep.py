@@ -34,6 +34,10 @@ from ssnf.tune.results import ParquetResults
 from ssnf.tune.trainable import run_trial
 
 SEARCHERS = ("tpe", "random")
+
+
+class SweepInterrupted(SSNFError):
+    """The sweep was stopped (Ctrl-C) before every trial ended; ``--resume`` continues it."""
 SCHEDULERS = ("asha", "none")
 
 
@@ -192,6 +196,12 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                 ),
             )
         tuner.fit()
+        ended = read_trials(uri)
+        ended = ended[ended["category"] == category]["trial_id"].nunique() if len(ended) else 0
+        if ended < options.num_samples:  # Ray Tune returns normally after Ctrl-C / SIGUSR1
+            raise SweepInterrupted(
+                f"the sweep stopped with {ended} of {options.num_samples} trials of {category} ended; "
+                f"continue with --name {options.name} --resume")
     return summarize(uri, options.categories)
 
 
@@ -234,4 +244,4 @@ def _num(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
-__all__ = ["SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]
+__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]
