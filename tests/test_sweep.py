@@ -139,7 +139,7 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint(demo_root, ray
     sweep = threading.Thread(target=lambda: outcome.extend(run_sweep(options, {"slow": one_slow_trial})))
     sweep.start()
     killed = None
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: a loaded machine starts workers slowly
     while killed is None and time.time() < deadline and sweep.is_alive():
         if list((store / "retry" / "washer").glob("trial_*/checkpoint_00000[1-9]")):  # two epochs reported
             workers = _trial_workers()
@@ -147,7 +147,7 @@ def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint(demo_root, ray
                 os.kill(workers[0], signal.SIGKILL)
                 killed = workers[0]
         time.sleep(0.05)
-    sweep.join(timeout=300)
+    sweep.join(timeout=900)
     assert killed is not None, "the trial ended before its worker could be killed"
     trials = pd.read_parquet(store / "retry" / "results" / "trials")
     (row,) = trials.itertuples()
@@ -165,12 +165,12 @@ def _run_until(cmd: list[str], env: dict, cwd: Path, rows: Path, n_rows: int, si
     with log.open("w") as out:
         driver = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.time() + 240
+            deadline = time.time() + 600
             while time.time() < deadline and len(list(rows.glob("*.parquet"))) < n_rows and driver.poll() is None:
                 time.sleep(0.2)
             assert driver.poll() is None, f"the sweep ended before it could be stopped:\n{log.read_text()[-2000:]}"
             os.kill(driver.pid, sig)
-            return driver.wait(timeout=120)
+            return driver.wait(timeout=600)
         finally:
             if sig == signal.SIGKILL:
                 try:
@@ -181,7 +181,7 @@ def _run_until(cmd: list[str], env: dict, cwd: Path, rows: Path, n_rows: int, si
 
 def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, tmp_path):
     store = tmp_path / "store"
-    common = ["--data-root", str(demo_root), "--categories", "weave", "--space", "smoke", "--num-samples", "5",
+    common = ["--data-root", str(demo_root), "--categories", "weave", "--space", "smoke", "--num-samples", "4",
               "--max-epochs", "2", "--max-concurrent", "1", "--scheduler", "none", "--storage", str(store),
               "--name", "stopped"] + [a for k, v in BASE_SETS.items() for a in ("--set", f"{k}={v}")]
     env = {**os.environ, "SSNF_FEATURES_DIR": str(tmp_path / "features")}
@@ -193,20 +193,20 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, 
     assert "tune_main: interrupted: the sweep stopped with" in log.read_text()
     assert "continue with --name stopped --resume" in log.read_text()
     first = pd.read_parquet(rows)
-    assert 1 <= len(first) < 5
+    assert 1 <= len(first) < 4
 
     # kill -9 of the resumed driver once it has ended one more trial.
     code = _run_until(_tune_main(*common, "--resume"), env, tmp_path, rows, len(first) + 1, signal.SIGKILL,
                       tmp_path / "second.log")
     assert code == -signal.SIGKILL
     before = pd.read_parquet(rows).set_index("trial_id")
-    assert len(first) < len(before) < 5
+    assert len(first) < len(before) < 4
 
     done = subprocess.run(_tune_main(*common, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = pd.read_parquet(rows)
-    assert len(trials) == 5 and trials["trial_id"].is_unique, "resume ran up to the requested trials, once each"
+    assert len(trials) == 4 and trials["trial_id"].is_unique, "resume ran up to the requested trials, once each"
     assert set(trials["status"]) == {"completed"}
     # A trial that ended just before the kill, after Ray's last snapshot of the experiment, is finished
     # again from its checkpoint and its row rewritten in place: same trial, same results, one row.
