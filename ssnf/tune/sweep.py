@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ssnf.backbones.extractor import build_extractor
 from ssnf.config import SSNFConfig, from_dict, merge, to_dict
 from ssnf.data.layouts import load_index
-from ssnf.data.splits import make_splits
+from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
 from ssnf.training import check_splits, prepare_data
 from ssnf.tune.overrides import check_space
@@ -82,8 +82,8 @@ def _exists(uri: str) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[str, SSNFConfig]:
-    """Every check that needs no cluster; returns the base config of each category."""
+def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[str, tuple[SSNFConfig, Splits]]:
+    """Every check that needs no cluster; returns each category's base config and its (checked) splits."""
     if options.space not in spaces:
         raise SSNFError(f"unknown search space {options.space!r}; known: {', '.join(sorted(spaces))}")
     if options.searcher not in SEARCHERS or options.scheduler not in SCHEDULERS:
@@ -107,9 +107,10 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
             "train.device": "cuda" if options.gpus_per_trial > 0 else "cpu",
         })
         cfg = from_dict(SSNFConfig, tree)
-        check_splits(cfg, make_splits(load_index(cfg.data), cfg.data))
+        splits = make_splits(load_index(cfg.data), cfg.data)  # opens every image header and mask: once
+        check_splits(cfg, splits)
         check_space(spaces[options.space], to_dict(cfg), seed=options.seed)
-        configs[category] = cfg
+        configs[category] = (cfg, splits)
     uri = experiment_uri(options)
     started = [c for c in options.categories if _exists(f"{uri}/{c}")]
     if options.resume and not started:
@@ -172,10 +173,10 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
     uri = experiment_uri(options)
     space = spaces[options.space]
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    for category, cfg in configs.items():
+    for category, (cfg, splits) in configs.items():
         data = None
         if options.share_features:
-            data = prepare_data(cfg, build_extractor(cfg.backbone), make_splits(load_index(cfg.data), cfg.data))
+            data = prepare_data(cfg, build_extractor(cfg.backbone), splits)
         base = to_dict(cfg)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, data=data, private_cache=not options.share_features), resources)
