@@ -63,10 +63,11 @@ def main() -> None:
         for kind in ("density", "fastflow", "z2", "nll"):
             for sigma in (0.0, 4.0):
                 for image_score in ("max", "topk"):
-                    scored = with_overrides(cfg, scoring={"map": kind, "smooth_sigma": sigma, "image_score": image_score})
+                    scored = with_overrides(cfg, scoring={"map": kind, "image_map": "pixel", "smooth_sigma": sigma,
+                                                                "image_score": image_score})
                     m = validate(result.model, val, scored, "cpu")
                     print(name, "scoring", kind, sigma, image_score,
-                          " ".join(f"{k} {v:.4f}" for k, v in m.items()), flush=True)
+                          " ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/detector.py quality [--categories tire,magnetic_tile] [--epochs 20]
     .venv/bin/python bench/detector.py speed   [--category tire]
+    .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...]  # after a scoring change
     .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
 
 Quality: pretrained mobilenetv2_100 at 256x256, a fixed epoch budget, the *last* epoch's model, test
@@ -16,6 +17,7 @@ its own process so that peak memory is its own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -26,10 +28,14 @@ from pathlib import Path
 
 import torch
 
-from ssnf.config import SSNFConfig, to_dict
+from ssnf.checkpoint import load_checkpoint
+from ssnf.config import ScoringConfig, SSNFConfig, to_dict
+from ssnf.data.layouts import load_index
+from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
 from ssnf.features import load_images, to_tensor
-from ssnf.training import train, with_overrides
+from ssnf.scoring import image_map_kind
+from ssnf.training import prepare_data, train, validate, with_overrides
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
@@ -62,14 +68,58 @@ def run_quality(args) -> None:
             cfg = base_config(args.data_root, category, args.epochs, **VARIANTS[variant])
             print(f"training {category} / {variant} for {args.epochs} epochs", flush=True)
             result = train(cfg, out_dir=out / "checkpoints" / f"{category}-{variant}", progress=False,
-                           callback=lambda r, _: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True))
+                           callback=print_epoch)
             t = time.perf_counter()
-            test = evaluate(result.model, cfg, result.splits.test).metrics
-            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": test,
-                       "test_eval_s": time.perf_counter() - t, "history": result.history,
-                       "timings": result.timings, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+            ev = evaluate(result.model, cfg, result.splits.test)
+            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": ev.metrics,
+                       "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
+                       "history": result.history, "timings": result.timings, "peak_rss_mb": peak_rss_mb(),
+                       "torch_threads": torch.get_num_threads()}
             path.write_text(json.dumps(payload, indent=2))
-            print(f"{category} / {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items() if "/" not in k))
+            print(f"{category} / {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if "/" not in k))
+
+
+def print_epoch(report: dict, _model) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()
+                      if k != "val_candidates"}), flush=True)
+
+
+def run_rescore(args) -> None:
+    """Re-score the quality runs' checkpoints under the current scoring defaults.
+
+    Training does not depend on ``scoring`` (nothing in the loop reads it, and validation draws no random
+    numbers), so this gives the figures a fresh ``quality`` run would, without retraining: the choice of
+    the ``auto`` settings is made on validation at the last epoch, then the test split is scored once.
+    """
+    out = Path(args.out)
+    for category in args.categories.split(","):
+        for variant in args.variants.split(","):
+            ckpt_path = out / "checkpoints" / f"{category}-{variant}" / "checkpoint.pt"
+            if not ckpt_path.is_file():
+                print(f"{ckpt_path}: missing, run quality first")
+                continue
+            ckpt = load_checkpoint(ckpt_path)
+            if ckpt.epoch != ckpt.config.train.epochs:
+                print(f"{ckpt_path}: only {ckpt.epoch} of {ckpt.config.train.epochs} epochs trained, skipped")
+                continue
+            cfg = dataclasses.replace(ckpt.config, scoring=ScoringConfig())
+            model = ckpt.model.eval()
+            data = prepare_data(cfg, model.extractor, make_splits(load_index(cfg.data), cfg.data))
+            val = validate(model, data.validation, cfg, "cpu")
+            t = time.perf_counter()
+            ev = evaluate(model, cfg, data.splits.test)
+            history = ckpt.history
+            if history and history[-1].get("val_map") is None:  # trained before the scoring was chosen
+                history[-1] = {**history[-1], "val_before_rescore": {k: history[-1].get(k) for k in
+                               ("val_image_auroc", "val_pixel_auroc", "val_score")}, **val}
+            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": ev.metrics,
+                       "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
+                       "history": history, "rescored_from": str(ckpt_path.relative_to(out)),
+                       "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+            (out / f"quality-{category}-{variant}.json").write_text(json.dumps(payload, indent=2))
+            print(f"{category} / {variant} (pixel map {ev.scoring.map}, image {ev.scoring.image_score} of "
+                  f"{image_map_kind(ev.scoring)}): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if "/" not in k), flush=True)
 
 
 def measure_one(args) -> None:
@@ -121,13 +171,16 @@ def print_tables(args) -> None:
     out = Path(args.out)
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("quality-*.json"))]
     if rows:
-        print("| category | variant | epochs | image AUROC | pixel AUROC | AUPRO | image F1-max | s/epoch | last val_score |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| category | variant | epochs | image AUROC | pixel AUROC | AUPRO | image F1-max | s/epoch "
+              "| last val_score | scoring (pixel map; image score) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             t, h = r["test"], r["history"]
             sec = statistics.median(e["train_s"] for e in h)
+            sc = r.get("scoring") or r["config"]["scoring"]
+            chosen = f"{sc['map']} map; image {sc['image_score']} of {sc.get('image_map', 'pixel').replace('pixel', sc['map'])}"
             print(f"| {r['category']} | {r['variant']} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
-                  f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} |")
+                  f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
     speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
     if speed:
         print("\n| measurement | value | peak RSS (MB) |")
@@ -144,7 +197,7 @@ def print_tables(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["quality", "speed", "table", "one"])
+    parser.add_argument("command", choices=["quality", "rescore", "speed", "table", "one"])
     parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--categories", default="tire,magnetic_tile")
     parser.add_argument("--category", default="tire")
@@ -153,7 +206,7 @@ def main() -> None:
     parser.add_argument("--mode", default="default")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    {"quality": run_quality, "speed": run_speed, "table": print_tables, "one": measure_one}[args.command](args)
+    {"quality": run_quality, "rescore": run_rescore, "speed": run_speed, "table": print_tables, "one": measure_one}[args.command](args)
 
 
 if __name__ == "__main__":

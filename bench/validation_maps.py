@@ -31,9 +31,9 @@ def main() -> None:
     rows = []
     for kind in MAP_KINDS:
         for score in ("topk", "max"):
-            scoring = dataclasses.replace(cfg.scoring, map=kind, image_score=score)
+            scoring = dataclasses.replace(cfg.scoring, map=kind, image_map="pixel", image_score=score)
             v = validate(model, data.validation, dataclasses.replace(cfg, scoring=scoring), "cpu")
-            rows.append({"map": kind, "image_score": score, **v})
+            rows.append({"map": kind, "image_score": score, **{k: x for k, x in v.items() if isinstance(x, float)}})
             print(f"| {kind} | {score} | {v['val_image_auroc']:.3f} | {v['val_pixel_auroc']:.3f} | {v['val_score']:.3f} |",
                   flush=True)
     print(json.dumps(rows))

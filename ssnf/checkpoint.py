@@ -1,7 +1,7 @@
 """Saving and loading a trained detector: one file, safe to load (``weights_only``), self-contained.
 
 The file holds the resolved config (nested plain values), the flows, the frozen backbone's weights
-(so loading needs neither the weight cache nor a hub), and, for resuming, the optimizer state, the
+(so loading needs neither the weight cache nor a hub), the scoring chosen on validation, and, for resuming, the optimizer state, the
 epoch and the history.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ssnf.backbones.extractor import build_extractor
-from ssnf.config import SSNFConfig, from_dict, to_dict
+from ssnf.config import ScoringConfig, SSNFConfig, from_dict, to_dict
 from ssnf.errors import SSNFError
 from ssnf.model.detector import SSNFModel
 
@@ -47,6 +47,7 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "extractor": model.extractor.body.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
+        "scoring": to_dict(model.scoring) if model.scoring is not None else None,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     torch.save(payload, tmp)
@@ -69,6 +70,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     extractor.body.load_state_dict(payload["extractor"], strict=True)
     model = SSNFModel(extractor, cfg.model, cfg.train.seed)
     model.flows.load_state_dict(payload["flows"], strict=True)
+    if payload.get("scoring") is not None:
+        model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")
     model.to(device)
     return Checkpoint(model, cfg, int(payload["epoch"]), list(payload["history"]), payload["optimizer"],
                       dict(payload.get("extra") or {}))

@@ -5,7 +5,7 @@
     ssnf data demo [--root DIR] ...                write the procedural demo categories
     ssnf data summary --data-root R --category C   read and check a dataset, print its splits
     ssnf train --data-root R --category C [--config F] [--set key=value ...] [--out DIR]
-    ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N]
+    ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N] [--set scoring.KEY=VALUE]
 
 User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2.
 """
@@ -126,7 +126,9 @@ def _train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     result = train(cfg, out_dir=out, resume=resume, progress=not args.quiet)
-    payload = {"config": to_dict(cfg), "history": result.history, "final": result.final, "timings": result.timings,
+    scoring = to_dict(result.model.scoring) if result.model.scoring is not None else None
+    payload = {"config": to_dict(cfg), "scoring": scoring, "history": result.history, "final": result.final,
+               "timings": result.timings,
                "splits": {"train": len(result.splits.train), "val": len(result.splits.val),
                           "test": len(result.splits.test)}}
     if not args.no_test and result.splits.test:
@@ -135,6 +137,9 @@ def _train(args: argparse.Namespace) -> int:
     _write_json(out / "metrics.json", payload)
     print(f"validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
+    if scoring is not None:
+        print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "
+              f"{scoring['image_score']} of the {result.final['val_image_map']} map")
     if "test" in payload:
         print("test (reported, never used to choose): " + ", ".join(
             f"{k} {v:.4f}" for k, v in payload["test"].items() if "/" not in k))
@@ -145,20 +150,38 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import yaml
+
     from ssnf.checkpoint import load_checkpoint
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
     from ssnf.evaluate import evaluate, write_overlays
+    from ssnf.scoring import image_map_kind
+
+    from ssnf.config import ScoringConfig, from_dict, to_dict
 
     ckpt = load_checkpoint(Path(args.checkpoint))
     cfg = ckpt.config
+    if args.set:
+        scoring = to_dict(cfg.scoring)
+        for item in args.set:
+            key, sep, raw = item.partition("=")
+            name = key.strip().removeprefix("scoring.")
+            if not sep or not key.strip().startswith("scoring.") or name not in scoring:
+                raise SSNFError(f"--set {item!r}: evaluate accepts scoring keys only "
+                                f"({', '.join('scoring.' + k for k in scoring)})")
+            scoring[name] = yaml.safe_load(raw)
+        cfg = dataclasses.replace(cfg, scoring=from_dict(ScoringConfig, scoring, "scoring."))
     data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root, category=args.category or cfg.data.category)
     splits = make_splits(load_index(data), data)
     result = evaluate(ckpt.model, cfg, splits.test, progress=not args.quiet)
     out = Path(args.out or Path(args.checkpoint).parent / "evaluation")
     overlays = write_overlays(result, out / "overlays", data.image_size, args.overlays) if args.overlays else []
     _write_json(out / "metrics.json", {"checkpoint": str(args.checkpoint), "category": data.category,
-                                       "epoch": ckpt.epoch, "test": result.metrics, "n_test": len(splits.test)})
+                                       "epoch": ckpt.epoch, "scoring": to_dict(result.scoring),
+                                       "test": result.metrics, "n_test": len(splits.test)})
+    print(f"scoring: pixel map {result.scoring.map}, image score {result.scoring.image_score} of the "
+          f"{image_map_kind(result.scoring)} map")
     for key, value in result.metrics.items():
         print(f"{key:<28} {value:.4f}")
     print(f"wrote {out / 'metrics.json'}" + (f" and {len(overlays)} overlays in {out / 'overlays'}" if overlays else ""))
@@ -214,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--category")
     ev.add_argument("--out", help="output folder (default: next to the checkpoint, evaluation/)")
     ev.add_argument("--overlays", type=int, default=8, help="how many overlay PNGs (0: none)")
+    ev.add_argument("--set", action="append", default=[], metavar="scoring.KEY=VALUE",
+                    help="score differently than chosen on validation, e.g. scoring.map=density")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
     return parser

@@ -126,24 +126,41 @@ class LossConfig:
 
 
 MAP_KINDS = ("density", "fastflow", "z2", "nll")
+IMAGE_SCORES = ("max", "topk")
+AUTO = "auto"
 
 
 @dataclass
 class ScoringConfig:
-    """From flow outputs to anomaly maps and image scores."""
+    """From flow outputs to anomaly maps and image scores.
 
-    map: str = "density"  # density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll
+    ``auto`` values are chosen per trained model on validation (held-out normal images and reference
+    anomalies, never test images): the pixel map by validation pixel AUROC, the image score's map and
+    reducer by validation image AUROC. The choice is kept with the model (``SSNFModel.scoring``) and
+    saved in its checkpoint.
+    """
+
+    map: str = AUTO  # the pixel map: auto | density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll
+    image_map: str = AUTO  # the map the image score is taken from: auto | pixel (the same as map) | a map kind
+    image_score: str = AUTO  # auto | max | topk
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
-    image_score: str = "topk"  # topk | max
     topk: float = 0.01  # topk: mean of this share of the highest pixels
 
     def validate(self) -> None:
-        if self.map not in MAP_KINDS:
-            raise ConfigError(f"scoring.map={self.map!r} is not one of {', '.join(MAP_KINDS)}")
-        if self.image_score not in ("max", "topk"):
-            raise ConfigError(f"scoring.image_score={self.image_score!r} is not one of max, topk")
+        if self.map not in (AUTO, *MAP_KINDS):
+            raise ConfigError(f"scoring.map={self.map!r} is not one of {', '.join((AUTO, *MAP_KINDS))}")
+        if self.image_map not in (AUTO, "pixel", *MAP_KINDS):
+            raise ConfigError(
+                f"scoring.image_map={self.image_map!r} is not one of {', '.join((AUTO, 'pixel', *MAP_KINDS))}")
+        if self.image_score not in (AUTO, *IMAGE_SCORES):
+            raise ConfigError(f"scoring.image_score={self.image_score!r} is not one of auto, max, topk")
         if not 0.0 < self.topk <= 1.0 or self.smooth_sigma < 0:
             raise ConfigError(f"scoring.topk={self.topk} must lie in (0, 1], smooth_sigma={self.smooth_sigma} >= 0")
+
+    @property
+    def resolved(self) -> bool:
+        """True when nothing is left to choose on validation."""
+        return AUTO not in (self.map, self.image_map, self.image_score)
 
 
 @dataclass

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssnf.config import SSNFConfig
+from ssnf.config import ScoringConfig, SSNFConfig
 from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import ANOMALOUS, Sample
 from ssnf.errors import DataError
 from ssnf.features import to_tensor
 from ssnf.metrics import compute_metrics, image_auroc
 from ssnf.model.detector import SSNFModel
-from ssnf.scoring import anomaly_maps, image_scores
+from ssnf.scoring import resolve, score
 
 
 @dataclass
@@ -33,13 +33,17 @@ class Evaluation:
     masks: np.ndarray  # [N, S, S] bool
     has_masks: bool
     metrics: dict
+    scoring: ScoringConfig | None = None  # the resolved scoring the maps and scores come from
 
 
 @torch.no_grad()
 def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], device: str | torch.device = "cpu",
              batch_size: int = 16, progress: bool = False) -> Evaluation:
-    """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC."""
+    """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC.
+
+    Scoring: ``cfg.scoring`` with its ``auto`` settings taken from the model's validated choice."""
     samples = list(samples)
+    scoring = resolve(cfg.scoring, model.scoring)
     if not samples:
         raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
     model.eval()
@@ -48,8 +52,8 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], devic
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):
         pairs = [load_pair(s, size) for s in samples[start:start + batch_size]]
         images = np.stack([p[0] for p in pairs])
-        m = anomaly_maps(model(to_tensor(images, device)), cfg.scoring, (size, size))
-        scores.append(image_scores(m, cfg.scoring).cpu().numpy())
+        m, batch_scores = score(model(to_tensor(images, device)), scoring, (size, size))
+        scores.append(batch_scores.cpu().numpy())
         maps.append(m.cpu().numpy().astype(np.float32))
         masks.append(np.stack([p[1] for p in pairs]))
     labels = np.array([s.label for s in samples])
@@ -57,6 +61,7 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], devic
                         all(s.mask is not None for s in samples if s.label == ANOMALOUS), {})
     pixel = (result.masks, result.maps) if result.has_masks else (None, None)
     result.metrics = compute_metrics(labels, result.scores, *pixel)
+    result.scoring = scoring
     normal = labels == 0
     for defect in sorted({s.defect for s in samples if s.label == ANOMALOUS}):
         chosen = normal | np.array([s.defect == defect for s in samples])

@@ -6,18 +6,27 @@ Per scale, a map over positions (``scoring.map``):
 - ``z2``: ``mean_c z_c^2 / 2``;
 - ``nll``: the full NLL per dimension at that position, Jacobian included.
 Maps are upsampled (bilinear) to the input size, averaged over scales, optionally smoothed with a
-Gaussian; the image score is the map's maximum or the mean of its top ``topk`` share.
+Gaussian; the image score is the maximum or the mean of the top ``topk`` share of a map, possibly of
+another kind than the pixel map (``scoring.image_map``).
+
+``auto`` settings are chosen on validation by ``choose``: every candidate map is computed once from the
+same flow outputs, the pixel map is the kind with the best validation pixel AUROC and the image score the
+(kind, reducer) with the best validation image AUROC; ties go to the earlier kind, the paper's first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssnf.config import ScoringConfig
+from ssnf.config import AUTO, IMAGE_SCORES, MAP_KINDS, ScoringConfig
+from ssnf.errors import ConfigError
 from ssnf.loss import FlowOutputs
+from ssnf.metrics import image_auroc, pixel_auroc
 
 
 def position_maps(outputs: FlowOutputs, kind: str) -> list[torch.Tensor]:
@@ -49,11 +58,15 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[:, 0]
 
 
-def anomaly_maps(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int]) -> torch.Tensor:
-    """``[B, H, W]`` anomaly maps at the input size."""
+def anomaly_maps(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int],
+                 kind: str | None = None) -> torch.Tensor:
+    """``[B, H, W]`` anomaly maps of ``kind`` (default: ``cfg.map``) at the input size."""
+    kind = kind or cfg.map
+    if kind not in MAP_KINDS:
+        raise ConfigError(f"scoring.map={kind!r} must be resolved to one of {', '.join(MAP_KINDS)} before scoring")
     per_scale = [
         F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        for m in position_maps(outputs, cfg.map)
+        for m in position_maps(outputs, kind)
     ]
     maps = torch.stack(per_scale).mean(dim=0)
     if cfg.smooth_sigma > 0:
@@ -61,9 +74,78 @@ def anomaly_maps(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int]
     return maps
 
 
-def image_scores(maps: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
+def image_scores(maps: torch.Tensor, cfg: ScoringConfig, reducer: str | None = None) -> torch.Tensor:
+    reducer = reducer or cfg.image_score
     flat = maps.flatten(1)
-    if cfg.image_score == "max":
+    if reducer == "max":
         return flat.max(dim=1).values
+    if reducer != "topk":
+        raise ConfigError(f"scoring.image_score={reducer!r} must be resolved to max or topk before scoring")
     k = max(1, int(round(cfg.topk * flat.shape[1])))
     return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def image_map_kind(cfg: ScoringConfig) -> str:
+    return cfg.map if cfg.image_map == "pixel" else cfg.image_map
+
+
+def resolve(cfg: ScoringConfig, chosen: ScoringConfig | None) -> ScoringConfig:
+    """``cfg`` with every ``auto`` replaced by ``chosen`` (a model's validated choice)."""
+    if cfg.resolved:
+        return cfg
+    if chosen is None:
+        raise ConfigError(
+            "scoring has 'auto' settings but this model was never validated (they are chosen on validation "
+            "during training): train it with ssnf's train, or set scoring.map, scoring.image_map and "
+            "scoring.image_score")
+    return dataclasses.replace(
+        cfg,
+        map=chosen.map if cfg.map == AUTO else cfg.map,
+        image_map=image_map_kind(chosen) if cfg.image_map == AUTO else cfg.image_map,
+        image_score=chosen.image_score if cfg.image_score == AUTO else cfg.image_score,
+    )
+
+
+def score(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel maps ``[B, H, W]`` and image scores ``[B]`` under a resolved ``cfg``."""
+    maps = anomaly_maps(outputs, cfg, size)
+    kind = image_map_kind(cfg)
+    source = maps if kind == cfg.map else anomaly_maps(outputs, cfg, size, kind)
+    return maps, image_scores(source, cfg)
+
+
+def candidates(cfg: ScoringConfig) -> tuple[list[str], list[tuple[str, str]]]:
+    """The pixel map kinds and the (image map kind, reducer) pairs that ``cfg`` leaves open.
+
+    An image pair's kind is ``"pixel"`` when it follows whatever pixel map is chosen."""
+    pixel = list(MAP_KINDS) if cfg.map == AUTO else [cfg.map]
+    if cfg.image_map == AUTO:
+        kinds = list(MAP_KINDS)
+    elif cfg.image_map == "pixel":
+        kinds = ["pixel"]
+    else:
+        kinds = [cfg.image_map]
+    reducers = list(IMAGE_SCORES) if cfg.image_score == AUTO else [cfg.image_score]
+    return pixel, [(k, r) for k in kinds for r in reducers]
+
+
+def choose(maps: dict[str, torch.Tensor], labels: np.ndarray, masks: np.ndarray,
+           cfg: ScoringConfig) -> tuple[ScoringConfig, dict]:
+    """Resolve ``cfg``'s ``auto`` settings on validation maps (``maps[kind]``: ``[N, H, W]``).
+
+    Returns the resolved config and the metrics: ``val_pixel_auroc`` / ``val_image_auroc`` of the chosen
+    settings and, under ``candidates``, those of every candidate."""
+    pixel_kinds, image_pairs = candidates(cfg)
+    pix = {k: pixel_auroc(masks, maps[k].numpy()) for k in pixel_kinds}
+    best_pixel = max(pixel_kinds, key=lambda k: pix[k])  # max keeps the first of equals
+    img = {}
+    for kind, reducer in image_pairs:
+        source = best_pixel if kind == "pixel" else kind
+        img[f"{kind}/{reducer}"] = image_auroc(labels, image_scores(maps[source], cfg, reducer).numpy())
+    best_image = max(img, key=lambda k: img[k])
+    kind, reducer = best_image.split("/")
+    chosen = dataclasses.replace(cfg, map=best_pixel, image_map=kind, image_score=reducer)
+    metrics = {"val_pixel_auroc": pix[best_pixel], "val_image_auroc": img[best_image],
+               "candidates": {**{f"pixel/{k}": v for k, v in pix.items()},
+                              **{f"image/{k}": v for k, v in img.items()}}}
+    return chosen, metrics

@@ -26,16 +26,15 @@ from tqdm import tqdm
 
 from ssnf.backbones.extractor import build_extractor
 from ssnf.checkpoint import load_checkpoint, save_checkpoint
-from ssnf.config import SSNFConfig, to_dict
+from ssnf.config import MAP_KINDS, SSNFConfig, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import FeatureCache, extract, load_images, to_tensor
 from ssnf.loss import ssnf_loss
-from ssnf.metrics import image_auroc, pixel_auroc
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
-from ssnf.scoring import anomaly_maps, image_scores
+from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
 from ssnf.synthesis.patches import synthesize
 from ssnf.synthesis.reference import reference_anomaly
 
@@ -117,25 +116,46 @@ def build_validation(extractor, splits: Splits, images: np.ndarray, seed: int, d
 
 
 @torch.no_grad()
+def candidate_maps(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFConfig, kinds: list[str], device,
+                   batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Anomaly maps ``[N, S, S]`` of every kind in ``kinds`` for precomputed features (one flow pass)."""
+    model.eval()
+    size = (cfg.data.image_size, cfg.data.image_size)
+    maps: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
+    for start in range(0, len(features[0]), batch_size):
+        outputs = model.flow_features([f[start:start + batch_size].to(device) for f in features])
+        for kind in kinds:
+            maps[kind].append(anomaly_maps(outputs, cfg.scoring, size, kind).cpu())
+    return {k: torch.cat(v) for k, v in maps.items()}
+
+
+@torch.no_grad()
 def predict_features(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFConfig, device,
                      batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` for precomputed features."""
+    """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` for precomputed features, scored by
+    ``cfg.scoring`` with its ``auto`` settings taken from the model's validated choice."""
     model.eval()
+    scoring = resolve(cfg.scoring, model.scoring)
     size = (cfg.data.image_size, cfg.data.image_size)
     scores, maps = [], []
     for start in range(0, len(features[0]), batch_size):
-        outputs = model.flow_features([f[start:start + batch_size].to(device) for f in features])
-        m = anomaly_maps(outputs, cfg.scoring, size)
-        scores.append(image_scores(m, cfg.scoring).cpu())
+        m, s = score(model.flow_features([f[start:start + batch_size].to(device) for f in features]), scoring, size)
+        scores.append(s.cpu())
         maps.append(m.cpu())
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()
 
 
 def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> dict:
-    scores, maps = predict_features(model, val.features, cfg, device)
-    img = image_auroc(val.labels, scores)
-    pix = pixel_auroc(val.masks, maps)
-    return {"val_image_auroc": img, "val_pixel_auroc": pix, "val_score": 0.5 * (img + pix)}
+    """Validation metrics; resolves the config's ``auto`` scoring and keeps the choice in ``model.scoring``."""
+    pixel_kinds, image_pairs = candidates(cfg.scoring)
+    kinds = [k for k in MAP_KINDS if k in pixel_kinds or any(k == kind for kind, _ in image_pairs)]
+    chosen, metrics = choose(candidate_maps(model, val.features, cfg, kinds, device), val.labels, val.masks,
+                             cfg.scoring)
+    model.scoring = chosen
+    img, pix = metrics["val_image_auroc"], metrics["val_pixel_auroc"]
+    return {"val_image_auroc": img, "val_pixel_auroc": pix, "val_score": 0.5 * (img + pix),
+            "val_map": chosen.map, "val_image_map": image_map_kind(chosen), "val_image_score": chosen.image_score,
+            "val_candidates": metrics["candidates"]}
 
 
 def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator,

@@ -56,6 +56,7 @@ def test_train_evaluate_and_config_round_trip(tmp_path):
                 *[a for s in sets for a in ("--set", s)])
     assert proc.returncode == 0, proc.stderr
     assert "test (reported, never used to choose): image_auroc" in proc.stdout
+    trained_stdout = proc.stdout
     assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "config.yaml", "metrics.json"}
     metrics = __import__("json").loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"image_auroc", "pixel_auroc", "aupro", "image_f1_max"}
@@ -70,6 +71,23 @@ def test_train_evaluate_and_config_round_trip(tmp_path):
     from PIL import Image
 
     assert Image.open(overlays[0]).size == (3 * 64, 64)
+    # the scoring chosen on validation at training is what evaluate uses, unless told otherwise
+    chosen = metrics["scoring"]
+    assert chosen["map"] == metrics["final"]["val_map"] != "auto"
+    assert f"scoring chosen on validation: pixel map {chosen['map']}" in trained_stdout
+    evaluated = __import__("json").loads((out / "evaluation" / "metrics.json").read_text())
+    assert evaluated["scoring"] == chosen
+    proc = _run("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--overlays", "0", "--quiet",
+                "--out", str(tmp_path / "ev2"), "--set", "scoring.map=fastflow", "--set", "scoring.image_map=pixel")
+    assert proc.returncode == 0, proc.stderr
+    assert "scoring: pixel map fastflow, image score" in proc.stdout
+    evaluated = __import__("json").loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert (evaluated["scoring"]["map"], evaluated["scoring"]["image_map"]) == ("fastflow", "pixel")
+    assert evaluated["scoring"]["image_score"] == chosen["image_score"]
+    for bad, message in ((["--set", "loss.weight=0"], "evaluate accepts scoring keys only"),
+                         (["--set", "scoring.map=heat"], "scoring.map='heat' is not one of")):
+        proc = _run("evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--quiet", *bad)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_train_refuses_bad_names_in_one_line_before_training(tmp_path, capsys):

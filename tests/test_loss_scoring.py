@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ssnf.config import LossConfig, ScoringConfig
+from ssnf.errors import ConfigError
 from ssnf.loss import image_nll, nll_maps, ssnf_loss
-from ssnf.scoring import anomaly_maps, gaussian_blur, image_scores, position_maps
+from ssnf.scoring import anomaly_maps, choose, gaussian_blur, image_scores, position_maps, resolve, score
 
 
 def outputs(levels: list[float], channels: int = 4, hw: int = 4, log_jac: float = 0.0, requires_grad=True):
@@ -83,7 +86,7 @@ def test_maps_are_upsampled_averaged_smoothed_and_scored():
     z1[1, :, 4, 4] = 4.0
     z2 = torch.zeros(2, 4, 4, 4)
     out = [(z1, torch.zeros(2, 8, 8)), (z2, torch.zeros(2, 4, 4))]
-    cfg = ScoringConfig(map="z2", smooth_sigma=0.0)
+    cfg = ScoringConfig(map="z2", image_score="max", smooth_sigma=0.0)
     maps = anomaly_maps(out, cfg, (32, 32))
     assert maps.shape == (2, 32, 32)
     assert float(maps[0].abs().max()) == 0.0 and float(maps[1].max()) > 0
@@ -101,3 +104,57 @@ def test_gaussian_blur_keeps_constants_and_mass():
     blurred = gaussian_blur(spike, 3.0)
     assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5)
     assert float(blurred.max()) == pytest.approx(1 / (2 * math.pi * 9), rel=0.05)
+
+
+def _val_maps():
+    """Validation-like maps for 4 images (2 normal, 2 anomalous with a square defect) in which each kind is
+    good at one thing: ``nll`` localizes, ``density`` ranks images, the others do neither."""
+    masks = np.zeros((4, 16, 16), bool)
+    masks[2:, 4:8, 4:8] = True
+    labels = np.array([0, 0, 1, 1])
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.random((4, 16, 16)).astype(np.float32))
+    nll = noise * 0.1 + torch.from_numpy(masks.astype(np.float32))  # defects light up where they are
+    nll[0, 12, 12] = 5.0  # ... but a normal image has the brightest spot: its image AUROC is poor
+    density = noise.clone()
+    density[2:, 0, 0] += 10.0  # anomalous images score highest, at the wrong place
+    return {"density": density, "fastflow": noise, "z2": noise, "nll": nll}, labels, masks
+
+
+def test_auto_scoring_chooses_pixel_map_and_image_score_separately_on_validation():
+    maps, labels, masks = _val_maps()
+    chosen, metrics = choose(maps, labels, masks, ScoringConfig())
+    assert (chosen.map, chosen.image_map, chosen.image_score) == ("nll", "density", "max")
+    assert chosen.resolved
+    assert metrics["val_pixel_auroc"] == metrics["candidates"]["pixel/nll"] == max(
+        v for k, v in metrics["candidates"].items() if k.startswith("pixel/"))
+    assert metrics["val_image_auroc"] == 1.0 and metrics["candidates"]["image/nll/max"] < 1.0
+    # what is set stays set: only the open settings are chosen
+    fixed, m = choose(maps, labels, masks, ScoringConfig(map="density", image_map="pixel"))
+    assert (fixed.map, fixed.image_map) == ("density", "pixel")
+    assert set(m["candidates"]) == {"pixel/density", "image/pixel/max", "image/pixel/topk"}
+    # equal candidates: the earlier kind (the paper's map first) wins
+    same = {k: maps["z2"] for k in maps}
+    assert choose(same, labels, masks, ScoringConfig())[0].map == "density"
+
+
+def test_resolve_and_score_use_the_chosen_maps():
+    cfg = ScoringConfig()
+    with pytest.raises(ConfigError, match="never validated"):
+        resolve(cfg, None)
+    chosen = ScoringConfig(map="nll", image_map="density", image_score="max")
+    assert resolve(cfg, chosen) == chosen
+    assert resolve(ScoringConfig(map="z2"), chosen).map == "z2"  # a set value beats the model's choice
+    z = torch.zeros(2, 4, 8, 8)
+    z[1, :, 2, 2] = 3.0
+    jac = torch.zeros(2, 8, 8)
+    jac[0, 6, 6] = -40.0  # only the nll map (Jacobian included) sees this position of image 0
+    out = [(z, jac)]
+    resolved = dataclasses.replace(chosen, smooth_sigma=0.0)
+    maps, scores = score(out, resolved, (8, 8))
+    assert torch.equal(maps, anomaly_maps(out, resolved, (8, 8), "nll"))
+    assert int(maps[0].flatten().argmax()) == 6 * 8 + 6
+    expected = image_scores(anomaly_maps(out, resolved, (8, 8), "density"), resolved)
+    assert torch.equal(scores, expected) and scores[1] > scores[0]
+    with pytest.raises(ConfigError, match="must be resolved"):
+        score(out, ScoringConfig(), (8, 8))

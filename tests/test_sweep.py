@@ -81,6 +81,11 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     for _, row in healthy.iterrows():
         assert row["experiment"] == "e2e" and row["category"] == "washer" and row["budget_epochs"] == 2
         assert 0.0 <= row["final_val_score"] <= 1.0 and row["config.data.image_size"] == 64
+        # the scoring chosen on validation for the default 'auto' settings, per trial and per epoch
+        assert row["config.scoring.map"] == "auto" and row["final_val_map"] in ("density", "fastflow", "z2", "nll")
+        assert row["final_val_image_score"] in ("max", "topk")
+        last = epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] == row["epochs_run"])]
+        assert last["val_map"].iloc[0] == row["final_val_map"]
         assert len(epochs[epochs["trial_id"] == row["trial_id"]]) == row["epochs_run"]
         full = row["status"] == "completed"
         assert (row["epochs_run"] == 2) == full
@@ -89,7 +94,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"1"
+    assert schema.metadata[b"ssnf_schema_version"] == b"2"
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ssnf.backbones.extractor import FeatureExtractor, build_extractor
-from ssnf.config import BackboneConfig, ModelConfig
+from ssnf.config import BackboneConfig, ModelConfig, ScoringConfig
 from ssnf.model.flow import ScaleFlow, seed_permutations
 from ssnf.model.subnets import SubnetSpec, parse_blocks
 
@@ -23,6 +23,9 @@ class SSNFModel(nn.Module):
         super().__init__()
         cfg.validate()
         self.extractor = extractor
+        # The scoring chosen on validation for the config's ``auto`` settings (``ssnf.scoring.choose``);
+        # None until the model is validated.
+        self.scoring: ScoringConfig | None = None
         stacks = parse_blocks(cfg.blocks, len(extractor.channels))
         seed_permutations(seed)
         torch.manual_seed(seed)

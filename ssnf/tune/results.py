@@ -34,12 +34,13 @@ from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.tune.overrides import trial_config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "val_image_auroc", "val_pixel_auroc", "val_score",
                 "train_s", "val_s", "synthesis_s", "backbone_s", "setup_s")
+SCORING_FIELDS = ("val_map", "val_image_map", "val_image_score")  # the scoring chosen on validation
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -69,6 +70,7 @@ def trials_schema() -> pa.Schema:
     ]
     metrics = (
         [pa.field(f"final_{m}", pa.float64()) for m in VAL_METRICS]
+        + [pa.field(f"final_{m}", pa.string()) for m in SCORING_FIELDS]
         + [pa.field("best_val_score", pa.float64()), pa.field("best_epoch", pa.int64())]
         + [pa.field(f"test_{m}", pa.float64()) for m in TEST_METRICS]
     )
@@ -85,7 +87,8 @@ def trials_schema() -> pa.Schema:
 EPOCHS_SCHEMA = pa.schema(
     [pa.field("schema_version", pa.int32()), pa.field("experiment", pa.string()), pa.field("category", pa.string()),
      pa.field("trial_id", pa.string()), pa.field("epoch", pa.int64())]
-    + [pa.field(name, pa.float64()) for name in EPOCH_FIELDS],
+    + [pa.field(name, pa.float64()) for name in EPOCH_FIELDS]
+    + [pa.field(name, pa.string()) for name in SCORING_FIELDS],
     metadata={"ssnf_schema_version": str(SCHEMA_VERSION)},
 )
 
@@ -132,7 +135,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         "schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
         "status": status, "failure": failure,
         **{f"config.{k}": v for k, v in flatten(to_dict(cfg)).items()},
-        **{f"final_{m}": final.get(m) for m in VAL_METRICS},
+        **{f"final_{m}": final.get(m) for m in VAL_METRICS + SCORING_FIELDS},
         "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
@@ -143,7 +146,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
     }
     epochs = [
         {"schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
-         "epoch": h["epoch"], **{name: h.get(name) for name in EPOCH_FIELDS}}
+         "epoch": h["epoch"], **{name: h.get(name) for name in EPOCH_FIELDS + SCORING_FIELDS}}
         for h in history
     ]
     return row, epochs
