@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "default": {},  # the paper's architecture and loss, ssnf's defaults
     "w0": {"loss": {"weight": 0.0}},  # the same, plain NLL (FastFlow-style training)
+    "w0.05": {"loss": {"weight": 0.05}},  # the default's synthetic term at a quarter of its weight
     "pool": {"synthesis": {"pool_size": 512}},  # default, synthesizing a pool of 512 once
     "paper_loss": {"loss": {"weight": 1.0, "form": "constrained", "cap": 1.0}},  # the paper's image-level rule
 }
