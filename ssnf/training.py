@@ -245,6 +245,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         if ckpt.config != cfg:
             raise SSNFError(f"cannot resume from {resume}: it was trained with a different config")
         model.flows.load_state_dict(ckpt.model.flows.state_dict())
+        model.scoring = ckpt.model.scoring  # a run resumed after its last epoch trains nothing more
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
         history, start_epoch = ckpt.history, ckpt.epoch

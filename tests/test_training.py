@@ -79,6 +79,10 @@ def test_resume_continues_exactly(tiny, tmp_path):
     sa, sb = straight.model.flows.state_dict(), resumed.model.flows.state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
+    assert resumed.model.scoring == straight.model.scoring
+    # resuming a finished run trains nothing and keeps the validated scoring
+    again = train(tiny, out_dir=tmp_path / "b", resume=tmp_path / "b" / "checkpoint.pt", progress=False)
+    assert len(again.history) == 2 and again.model.scoring == straight.model.scoring
 
 
 def _optimizer_with(ckpt):
