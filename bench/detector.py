@@ -34,7 +34,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
 from ssnf.features import load_images, to_tensor
-from ssnf.scoring import image_map_kind
+from ssnf.scoring import image_map_kind, resolve, score
 from ssnf.training import prepare_data, train, validate, with_overrides
 
 HERE = Path(__file__).resolve().parent
@@ -130,16 +130,17 @@ def measure_one(args) -> None:
         cfg = base_config(args.data_root, args.category, 1)
         result = train(with_overrides(cfg, loss={"weight": 0.0}), progress=False)
         model = result.model.eval()
+        scoring = resolve(cfg.scoring, model.scoring)  # what deployment runs: maps and scores, not only flows
         images = load_images(result.splits.test[:32], 256)
-        timings = {}
+        timings = {"scoring": to_dict(scoring)}
         with torch.no_grad():
             for batch in (1, 32):
                 x = to_tensor(images[:batch])
-                model(x)  # warm-up
+                score(model(x), scoring, (256, 256))  # warm-up
                 runs = []
                 for _ in range(5 if batch == 32 else 20):
                     t = time.perf_counter()
-                    model(x)
+                    score(model(x), scoring, (256, 256))
                     runs.append((time.perf_counter() - t) / batch * 1000)
                 timings[f"ms_per_image_batch{batch}"] = statistics.median(runs)
         print(json.dumps({"mode": mode, **timings, "peak_rss_mb": peak_rss_mb()}))
