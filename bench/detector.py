@@ -62,18 +62,21 @@ def run_quality(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for category in args.categories.split(","):
         for variant in args.variants.split(","):
-            path = out / f"quality-{category}-{variant}.json"
+            name = f"{category}-{variant}" + (f"-seed{args.seed}" if args.seed else "")
+            path = out / f"quality-{name}.json"
             if path.is_file():
                 print(f"{path.name}: done already")
                 continue
             cfg = base_config(args.data_root, category, args.epochs, **VARIANTS[variant])
-            print(f"training {category} / {variant} for {args.epochs} epochs", flush=True)
-            result = train(cfg, out_dir=out / "checkpoints" / f"{category}-{variant}", progress=False,
+            if args.seed:  # another seed for the flows' init, permutations, batches and synthesis
+                cfg = with_overrides(cfg, train={"seed": args.seed})
+            print(f"training {category} / {variant} (seed {cfg.train.seed}) for {args.epochs} epochs", flush=True)
+            result = train(cfg, out_dir=out / "checkpoints" / name, progress=False,
                            callback=print_epoch)
             t = time.perf_counter()
             ev = evaluate(result.model, cfg, result.splits.test)
-            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": ev.metrics,
-                       "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
+            payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
+                       "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
                        "history": result.history, "timings": result.timings, "peak_rss_mb": peak_rss_mb(),
                        "torch_threads": torch.get_num_threads()}
             path.write_text(json.dumps(payload, indent=2))
@@ -113,8 +116,8 @@ def run_rescore(args) -> None:
             if history and history[-1].get("val_map") is None:  # trained before the scoring was chosen
                 history[-1] = {**history[-1], "val_before_rescore": {k: history[-1].get(k) for k in
                                ("val_image_auroc", "val_pixel_auroc", "val_score")}, **val}
-            payload = {"category": category, "variant": variant, "config": to_dict(cfg), "test": ev.metrics,
-                       "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
+            payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
+                       "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
                        "history": history, "rescored_from": str(ckpt_path.relative_to(out)),
                        "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
             (out / f"quality-{category}-{variant}.json").write_text(json.dumps(payload, indent=2))
@@ -181,7 +184,7 @@ def print_tables(args) -> None:
             sec = statistics.median(e["train_s"] for e in h)
             sc = r.get("scoring") or r["config"]["scoring"]
             chosen = f"{sc['map']} map; image {sc['image_score']} of {sc.get('image_map', 'pixel').replace('pixel', sc['map'])}"
-            print(f"| {r['category']} | {r['variant']} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
+            print(f"| {r['category']} | {r['variant']}{' seed ' + str(r['seed']) if r.get('seed') else ''} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
                   f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
     speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
     if speed:
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument("--category", default="tire")
     parser.add_argument("--variants", default="default,w0")
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="quality: train.seed (runs named ...-seedN when not 0)")
     parser.add_argument("--mode", default="default")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
