@@ -73,14 +73,22 @@ def run_quality(args) -> None:
             print(f"training {category} / {variant} (seed {cfg.train.seed}) for {args.epochs} epochs", flush=True)
             result = train(cfg, out_dir=out / "checkpoints" / name, progress=False,
                            callback=print_epoch)
-            t = time.perf_counter()
-            ev = evaluate(result.model, cfg, result.splits.test)
-            payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
-                       "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
-                       "history": result.history, "timings": result.timings, "peak_rss_mb": peak_rss_mb(),
-                       "torch_threads": torch.get_num_threads()}
-            path.write_text(json.dumps(payload, indent=2))
-            print(f"{category} / {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if "/" not in k))
+            test_and_write(path, category, variant, cfg, result.model, result.splits.test, result.history,
+                           timings=result.timings)
+
+
+def test_and_write(path: Path, category: str, variant: str, cfg: SSNFConfig, model, samples, history: list[dict],
+                   **extra) -> None:
+    """Score the test split once and write the run's JSON (read by ``table``)."""
+    t = time.perf_counter()
+    ev = evaluate(model, cfg, samples)
+    payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
+               "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
+               "history": history, **extra, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"{category} / {variant} (pixel map {ev.scoring.map}, image {ev.scoring.image_score} of "
+          f"{image_map_kind(ev.scoring)}): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if "/" not in k), flush=True)
 
 
 def print_epoch(report: dict, _model) -> None:
@@ -110,20 +118,12 @@ def run_rescore(args) -> None:
             model = ckpt.model.eval()
             data = prepare_data(cfg, model.extractor, make_splits(load_index(cfg.data), cfg.data))
             val = validate(model, data.validation, cfg, "cpu")
-            t = time.perf_counter()
-            ev = evaluate(model, cfg, data.splits.test)
             history = ckpt.history
             if history and history[-1].get("val_map") is None:  # trained before the scoring was chosen
                 history[-1] = {**history[-1], "val_before_rescore": {k: history[-1].get(k) for k in
                                ("val_image_auroc", "val_pixel_auroc", "val_score")}, **val}
-            payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
-                       "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
-                       "history": history, "rescored_from": str(ckpt_path.relative_to(out)),
-                       "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
-            (out / f"quality-{category}-{variant}.json").write_text(json.dumps(payload, indent=2))
-            print(f"{category} / {variant} (pixel map {ev.scoring.map}, image {ev.scoring.image_score} of "
-                  f"{image_map_kind(ev.scoring)}): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if "/" not in k), flush=True)
+            test_and_write(out / f"quality-{category}-{variant}.json", category, variant, cfg, model,
+                           data.splits.test, history, rescored_from=str(ckpt_path.relative_to(out)))
 
 
 def measure_one(args) -> None:
@@ -183,7 +183,8 @@ def print_tables(args) -> None:
             t, h = r["test"], r["history"]
             sec = statistics.median(e["train_s"] for e in h)
             sc = r.get("scoring") or r["config"]["scoring"]
-            chosen = f"{sc['map']} map; image {sc['image_score']} of {sc.get('image_map', 'pixel').replace('pixel', sc['map'])}"
+            image_map = sc.get("image_map", "pixel")  # runs from before image_map existed scored the pixel map
+            chosen = f"{sc['map']} map; image {sc['image_score']} of {sc['map'] if image_map == 'pixel' else image_map}"
             print(f"| {r['category']} | {r['variant']}{' seed ' + str(r['seed']) if r.get('seed') else ''} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
                   f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
     speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}

@@ -73,6 +73,19 @@ def _data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_sets(sets: Sequence[str]) -> dict:
+    """``["loss.weight=0", ...]`` -> ``{"loss.weight": 0, ...}`` (values read as YAML scalars)."""
+    import yaml
+
+    overrides = {}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SSNFError(f"--set {item!r}: expected key=value, e.g. --set loss.weight=0")
+        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return overrides
+
+
 def load_config(path: str | None, sets: Sequence[str], data_root: str | None = None,
                 category: str | None = None):
     """The config a run uses: defaults, then ``--config`` (nested or dotted YAML), then ``--set``, then the flags."""
@@ -91,12 +104,7 @@ def load_config(path: str | None, sets: Sequence[str], data_root: str | None = N
         if loaded is not None and not isinstance(loaded, dict):
             raise SSNFError(f"config file {path} must hold a mapping of sections")
         tree = loaded or {}
-    overrides = {}
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SSNFError(f"--set {item!r}: expected key=value, e.g. --set loss.weight=0")
-        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    overrides = parse_sets(sets)
     if data_root is not None:
         overrides["data.root"] = data_root
     if category is not None:
@@ -116,6 +124,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from ssnf.config import to_dict
     from ssnf.evaluate import evaluate
+    from ssnf.scoring import image_map_kind
     from ssnf.training import train
 
     cfg = load_config(args.config, args.set, args.data_root, args.category)
@@ -139,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
     if scoring is not None:
         print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "
-              f"{scoring['image_score']} of the {result.final['val_image_map']} map")
+              f"{scoring['image_score']} of the {image_map_kind(result.model.scoring)} map")
     if "test" in payload:
         print("test (reported, never used to choose): " + ", ".join(
             f"{k} {v:.4f}" for k, v in payload["test"].items() if "/" not in k))
@@ -150,28 +159,21 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import yaml
-
     from ssnf.checkpoint import load_checkpoint
+    from ssnf.config import SSNFConfig, from_dict, merge, to_dict
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
     from ssnf.evaluate import evaluate, write_overlays
     from ssnf.scoring import image_map_kind
 
-    from ssnf.config import ScoringConfig, from_dict, to_dict
-
     ckpt = load_checkpoint(Path(args.checkpoint))
     cfg = ckpt.config
-    if args.set:
-        scoring = to_dict(cfg.scoring)
-        for item in args.set:
-            key, sep, raw = item.partition("=")
-            name = key.strip().removeprefix("scoring.")
-            if not sep or not key.strip().startswith("scoring.") or name not in scoring:
-                raise SSNFError(f"--set {item!r}: evaluate accepts scoring keys only "
-                                f"({', '.join('scoring.' + k for k in scoring)})")
-            scoring[name] = yaml.safe_load(raw)
-        cfg = dataclasses.replace(cfg, scoring=from_dict(ScoringConfig, scoring, "scoring."))
+    overrides = parse_sets(args.set)
+    allowed = [f"scoring.{k}" for k in to_dict(cfg.scoring)]
+    for key in overrides:
+        if key not in allowed:
+            raise SSNFError(f"--set {key}: evaluate accepts scoring keys only ({', '.join(allowed)})")
+    cfg = from_dict(SSNFConfig, merge(to_dict(cfg), overrides))
     data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root, category=args.category or cfg.data.category)
     splits = make_splits(load_index(data), data)
     result = evaluate(ckpt.model, cfg, splits.test, progress=not args.quiet)

@@ -148,7 +148,8 @@ def predict_features(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFCo
 def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> dict:
     """Validation metrics; resolves the config's ``auto`` scoring and keeps the choice in ``model.scoring``."""
     pixel_kinds, image_pairs = candidates(cfg.scoring)
-    kinds = [k for k in MAP_KINDS if k in pixel_kinds or any(k == kind for kind, _ in image_pairs)]
+    needed = set(pixel_kinds) | {kind for kind, _ in image_pairs}  # "pixel" follows the pixel kinds
+    kinds = [k for k in MAP_KINDS if k in needed]
     chosen, metrics = choose(candidate_maps(model, val.features, cfg, kinds, device), val.labels, val.masks,
                              cfg.scoring)
     model.scoring = chosen
