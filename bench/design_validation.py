@@ -28,9 +28,13 @@ LOSS_VARIANTS = {
     "mask_w1_m1": {"weight": 1.0, "form": "mask", "margin": 1.0},
     "mask_w1_m3": {"weight": 1.0, "form": "mask", "margin": 3.0},
     "mask_w0.2_m1": {"weight": 0.2, "form": "mask", "margin": 1.0},
+    "mask_w0.2_m1_novel0.99": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.99},
+    "mask_w0.2_m1_novel0.9": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9},
+    "mask_w1_m1_novel0.9": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9},
 }
 MODEL_VARIANTS = {"plain": {}, "position": {"position": True}}
-KEEP = ("epoch", "loss", "normal", "synthetic", "active", "val_image_auroc", "val_pixel_auroc", "val_score")
+KEEP = ("epoch", "loss", "normal", "synthetic", "active", "novel", "val_image_auroc", "val_pixel_auroc", "val_score",
+        "train_s", "gate_s")
 
 
 def cheap(data_root: str, category: str, epochs: int, loss: dict, model: dict | None = None) -> SSNFConfig:

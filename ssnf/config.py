@@ -100,6 +100,7 @@ class ModelConfig:
 
 
 LOSS_FORMS = ("constrained", "hinge", "mask")
+LOSS_GATES = ("none", "novel")
 
 
 @dataclass
@@ -115,6 +116,11 @@ class LossConfig:
     form: str = "mask"  # constrained (the paper's image-level rule) | hinge | mask (per position)
     margin: float = 1.0  # hinge / mask: nats per dimension to push past the normal reference
     cap: float = 1.0  # constrained: images above this NLL per dimension never count (0: no cap, unstable)
+    # mask: which covered positions are pushed. none: all of them. novel: only those whose backbone feature is
+    # farther from every normal feature of the batch than `gate_quantile` of normal features are from the
+    # other normal images (pasted content that looks like normal texture is left alone).
+    gate: str = "none"
+    gate_quantile: float = 0.99
 
     def validate(self) -> None:
         if self.weight < 0:
@@ -123,6 +129,10 @@ class LossConfig:
             raise ConfigError(f"loss.form={self.form!r} is not one of {', '.join(LOSS_FORMS)}")
         if self.margin < 0 or self.cap < 0:
             raise ConfigError(f"loss.margin={self.margin} and loss.cap={self.cap} must not be negative")
+        if self.gate not in LOSS_GATES:
+            raise ConfigError(f"loss.gate={self.gate!r} is not one of {', '.join(LOSS_GATES)}")
+        if not 0.0 < self.gate_quantile < 1.0:
+            raise ConfigError(f"loss.gate_quantile={self.gate_quantile} must lie in (0, 1)")
 
 
 MAP_KINDS = ("density", "fastflow", "z2", "nll")

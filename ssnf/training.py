@@ -31,7 +31,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import FeatureCache, extract, load_images, to_tensor
-from ssnf.loss import ssnf_loss
+from ssnf.loss import covered_positions, novel_positions, ssnf_loss
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
@@ -261,19 +261,19 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         rng = np.random.default_rng([seed, 17, epoch])
         torch.manual_seed(seed * 1000 + epoch)
         order = rng.permutation(n)
-        sums = {"loss": 0.0, "normal": 0.0, "synthetic": 0.0, "active": 0.0}
-        t_synth = t_backbone = 0.0
+        sums = {"loss": 0.0, "normal": 0.0, "synthetic": 0.0, "active": 0.0, "novel": 0.0}
+        t_synth = t_backbone = t_gate = 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
         for step in bar:
             idx = order[step * batch:(step + 1) * batch]
             if train_feats is not None:
-                normal = model.flow_features([f[idx].to(device) for f in train_feats])
+                normal_feats = [f[idx].to(device) for f in train_feats]
             else:
                 t = time.perf_counter()
                 normal_feats = model.extractor(to_tensor(train_images[idx], device))
                 t_backbone += time.perf_counter() - t
-                normal = model.flow_features(normal_feats)
-            synthetic, masks = None, None
+            normal = model.flow_features(normal_feats)
+            synthetic, masks, push = None, None, None
             if synthetic_on:
                 if pool_feats is not None:
                     pick = rng.integers(len(pool_masks), size=len(idx))
@@ -288,7 +288,12 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                     t_backbone += time.perf_counter() - t
                     masks = torch.from_numpy(mask_np)[:, None].to(device)
                 synthetic = model.flow_features(synth_feats)
-            loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss)
+                if cfg.loss.form == "mask" and cfg.loss.gate == "novel":
+                    t = time.perf_counter()
+                    covered = covered_positions(masks, [f.shape[-2:] for f in synth_feats])
+                    push = novel_positions(normal_feats, synth_feats, covered, cfg.loss.gate_quantile)
+                    t_gate += time.perf_counter() - t
+            loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss, push)
             if not math.isfinite(terms["loss"]):
                 raise TrainingDiverged(
                     f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "
@@ -303,7 +308,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 sums[k] += terms[k]
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
         report = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
-                  "train_s": time.perf_counter() - t_epoch, "synthesis_s": t_synth, "backbone_s": t_backbone}
+                  "train_s": time.perf_counter() - t_epoch, "synthesis_s": t_synth, "backbone_s": t_backbone, "gate_s": t_gate}
         if epoch == start_epoch:  # this call's setup (checks, data, model), on the first epoch it trains
             report["setup_s"] = timings["setup_s"]
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
@@ -314,7 +319,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         if out_dir is not None:
             save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer)
         if show:
-            shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "val_image_auroc",
+            shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "novel", "val_image_auroc",
                                                                         "val_pixel_auroc", "val_score")}
             tqdm.write(f"epoch {epoch + 1}: {shown} ({report['train_s']:.1f} s)")
         if callback is not None:

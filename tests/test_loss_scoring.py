@@ -11,7 +11,7 @@ import torch
 
 from ssnf.config import LossConfig, ScoringConfig
 from ssnf.errors import ConfigError
-from ssnf.loss import image_nll, nll_maps, ssnf_loss
+from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, ssnf_loss
 from ssnf.scoring import anomaly_maps, choose, gaussian_blur, image_scores, position_maps, resolve, score
 
 
@@ -66,6 +66,53 @@ def test_mask_form_only_touches_masked_positions():
     grad = synthetic[0][0].grad[0].abs().sum(dim=0)
     assert (grad[:2, :2] > 0).all() and grad[2:].sum() == 0 and grad[:, 2:].sum() == 0
     assert terms["active"] == 1.0
+
+
+def _texture(generator: torch.Generator, images: int = 6, channels: int = 8, hw: int = 8) -> torch.Tensor:
+    """Normal 'texture': every position's feature is one of 5 prototypes plus a little noise."""
+    prototypes = torch.randn(5, channels, generator=generator) * 3
+    pick = torch.randint(5, (images, hw, hw), generator=generator)
+    return (prototypes[pick] + 0.05 * torch.randn(images, hw, hw, channels, generator=generator)).permute(0, 3, 1, 2)
+
+
+def test_novel_gate_keeps_foreign_content_and_drops_pasted_normal_texture():
+    g = torch.Generator().manual_seed(0)
+    normal = _texture(g)
+    synthetic = normal.roll(1, dims=0).clone()  # every image's content taken from another normal image
+    synthetic[:, :, :2, :2] = 10.0 + torch.randn(6, 8, 2, 2, generator=g)  # foreign content top-left
+    covered = [torch.zeros(6, 8, 8, dtype=torch.bool)]
+    covered[0][:, :4, :4] = True  # the mask covers the foreign corner and some pasted normal texture
+    novel = novel_positions([normal], [synthetic], covered, 0.99)[0]
+    assert novel[:, :2, :2].all()
+    assert not novel[:, 2:4, :4].any() and not novel[:, :4, 2:4].any()  # normal texture, though pasted
+    assert not novel[~covered[0]].any()  # never outside the mask
+
+
+def test_mask_loss_pushes_only_where_the_gate_says():
+    normal, synthetic = outputs([1.0]), outputs([0.1])
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :8] = 1  # covers positions [0:2, 0:2] of the 4x4 map
+    push = [torch.zeros(1, 4, 4, dtype=torch.bool)]
+    push[0][0, 0, 0] = True
+    push[0][0, 3, 3] = True  # not covered: never pushed
+    cfg = LossConfig(form="mask", margin=0.1, gate="novel")
+    loss, terms = ssnf_loss(normal, synthetic, mask, cfg, push)
+    loss.backward()
+    grad = synthetic[0][0].grad[0].abs().sum(dim=0)
+    assert grad[0, 0] > 0 and (grad > 0).sum() == 1
+    assert terms["novel"] == 0.25 and terms["active"] == 0.25
+    # summed over the pushed position, divided by the 4 covered ones: the gate does not push harder
+    assert terms["synthetic"] == pytest.approx((0.5 + 0.1 - 0.005) / 4)
+    nothing = ssnf_loss(outputs([1.0]), outputs([0.1]), mask, cfg, [torch.zeros(1, 4, 4, dtype=torch.bool)])[1]
+    assert nothing["synthetic"] == 0.0 and nothing["novel"] == 0.0
+    assert covered_positions(mask, [(4, 4)])[0].sum() == 4
+
+
+def test_loss_gate_values_are_checked():
+    with pytest.raises(ConfigError, match="loss.gate='nearest'"):
+        LossConfig(gate="nearest").validate()
+    with pytest.raises(ConfigError, match="loss.gate_quantile=1.0"):
+        LossConfig(gate_quantile=1.0).validate()
 
 
 def test_score_maps_rank_unlikely_positions_higher():

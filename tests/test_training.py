@@ -168,3 +168,13 @@ def test_bad_setups_fail_before_training(tiny, monkeypatch, overrides, error, me
     monkeypatch.setattr(training, "load_images", no_training)
     with pytest.raises(error, match=message):
         train(with_overrides(tiny, **overrides), progress=False)
+
+
+def test_novelty_gate_trains_and_reports_its_share(tiny):
+    gated = with_overrides(tiny, loss={"gate": "novel", "gate_quantile": 0.5}, train={"epochs": 1})
+    report = train(gated, progress=False).history[-1]
+    # demo defects pasted from another washer: some of the covered positions are novel, not all
+    assert 0.0 < report["novel"] < 1.0 and report["active"] <= report["novel"]
+    assert report["gate_s"] > 0
+    plain = train(with_overrides(gated, loss={"gate": "none"}), progress=False).history[-1]
+    assert plain["novel"] == 1.0 and plain["gate_s"] == 0.0
