@@ -44,6 +44,10 @@ VARIANTS = {
     "w0.05": {"loss": {"weight": 0.05}},  # the default's synthetic term at a quarter of its weight
     "pool": {"synthesis": {"pool_size": 512}},  # default, synthesizing a pool of 512 once
     "paper_loss": {"loss": {"weight": 1.0, "form": "constrained", "cap": 1.0}},  # the paper's image-level rule
+    # the mask form without / with the novelty gate, spelled out so that they do not move with the defaults
+    "ungated": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "none"}},
+    "gated_w0.2": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
+    "gated_w1": {"loss": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
 }
 
 

@@ -1,6 +1,6 @@
 """``paper``: around the paper's defaults: stacking depth 1-4 and the conv/attention order, width,
 heads, couplings, clamp; synthesis patch count, size bounds, blend mode, object-aware placement; loss
-weight, form and margin; learning rate."""
+weight, form, margin and the mask form's novelty gate; learning rate."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def paper(trial) -> dict:
             trial.suggest_float("loss.cap", 0.3, 2.0)
         else:
             trial.suggest_float("loss.margin", 0.1, 3.0, log=True)
+        if form == "mask" and trial.suggest_categorical("loss.gate", ["none", "novel"]) == "novel":
+            trial.suggest_float("loss.gate_quantile", 0.5, 0.99)
         trial.suggest_int("synthesis.max_patches", 1, 4)
         trial.suggest_float("synthesis.width_min", 0.02, 0.1)
         trial.suggest_float("synthesis.width_max", 0.1, 0.3)

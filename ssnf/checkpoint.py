@@ -55,6 +55,14 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
     return path
 
 
+def _migrate(config: dict) -> dict:
+    """Fill keys that older ssnf versions did not write with what those versions did, not today's defaults."""
+    loss = config.get("loss")
+    if isinstance(loss, dict) and "gate" not in loss:  # before the novelty gate: every covered position pushed
+        config = {**config, "loss": {**loss, "gate": "none"}}
+    return config
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
@@ -65,7 +73,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
         raise SSNFError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SSNFError(f"{path} is not an ssnf checkpoint ({FORMAT})")
-    cfg = from_dict(SSNFConfig, payload["config"])
+    cfg = from_dict(SSNFConfig, _migrate(payload["config"]))
     extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
     extractor.body.load_state_dict(payload["extractor"], strict=True)
     model = SSNFModel(extractor, cfg.model, cfg.train.seed)

@@ -178,3 +178,13 @@ def test_novelty_gate_trains_and_reports_its_share(tiny):
     assert report["gate_s"] > 0
     plain = train(with_overrides(gated, loss={"gate": "none"}), progress=False).history[-1]
     assert plain["novel"] == 1.0 and plain["gate_s"] == 0.0
+
+
+def test_checkpoints_from_before_the_gate_load_as_ungated(tiny, tmp_path):
+    _, model = training.prepare(tiny, need_splits=False)
+    path = training.save_checkpoint(tmp_path / "old.pt", model, tiny, 0, [])
+    payload = torch.load(path, weights_only=True)
+    for key in ("gate", "gate_quantile"):  # what a checkpoint written before the novelty gate holds
+        del payload["config"]["loss"][key]
+    torch.save(payload, path)
+    assert tiny.loss.gate == "novel" and load_checkpoint(path).config.loss.gate == "none"
