@@ -258,6 +258,10 @@ class SSNFConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        gated = self.loss.weight > 0 and self.loss.form == "mask" and self.loss.gate == "novel"
+        if gated and self.train.batch_size < 2:
+            raise ConfigError(f"loss.gate='novel' compares normal images of a batch with each other: "
+                              f"train.batch_size={self.train.batch_size} must be at least 2")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssnf.config import LossConfig, ScoringConfig
+from ssnf.config import LossConfig, ScoringConfig, SSNFConfig, TrainConfig
 from ssnf.errors import ConfigError
 from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, ssnf_loss
 from ssnf.scoring import anomaly_maps, choose, gaussian_blur, image_scores, position_maps, resolve, score
@@ -113,6 +113,9 @@ def test_loss_gate_values_are_checked():
         LossConfig(gate="nearest").validate()
     with pytest.raises(ConfigError, match="loss.gate_quantile=1.0"):
         LossConfig(gate_quantile=1.0).validate()
+    with pytest.raises(ConfigError, match="train.batch_size=1 must be at least 2"):
+        SSNFConfig(train=TrainConfig(batch_size=1)).validate()
+    SSNFConfig(train=TrainConfig(batch_size=1), loss=LossConfig(gate="none")).validate()
 
 
 def test_score_maps_rank_unlikely_positions_higher():
