@@ -94,6 +94,16 @@ def novel_positions(normal_feats: list[torch.Tensor], synthetic_feats: list[torc
     return out
 
 
+def gate_positions(cfg: LossConfig, masks: torch.Tensor, normal_feats: list[torch.Tensor],
+                   synthetic_feats: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """The ``push`` argument of ``ssnf_loss`` for this config: the novel covered positions when the mask
+    form is gated, else None (every covered position)."""
+    if cfg.form != "mask" or cfg.gate != "novel":
+        return None
+    covered = covered_positions(masks, [f.shape[-2:] for f in synthetic_feats])
+    return novel_positions(normal_feats, synthetic_feats, covered, cfg.gate_quantile)
+
+
 def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_masks: torch.Tensor | None,
               cfg: LossConfig, push: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss and its terms: ``normal``, ``synthetic``, ``active`` (share of synthetic images, or

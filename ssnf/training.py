@@ -31,7 +31,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import FeatureCache, extract, load_images, to_tensor
-from ssnf.loss import covered_positions, novel_positions, ssnf_loss
+from ssnf.loss import gate_positions, ssnf_loss
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
@@ -288,11 +288,9 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                     t_backbone += time.perf_counter() - t
                     masks = torch.from_numpy(mask_np)[:, None].to(device)
                 synthetic = model.flow_features(synth_feats)
-                if cfg.loss.form == "mask" and cfg.loss.gate == "novel":
-                    t = time.perf_counter()
-                    covered = covered_positions(masks, [f.shape[-2:] for f in synth_feats])
-                    push = novel_positions(normal_feats, synth_feats, covered, cfg.loss.gate_quantile)
-                    t_gate += time.perf_counter() - t
+                t = time.perf_counter()
+                push = gate_positions(cfg.loss, masks, normal_feats, synth_feats)
+                t_gate += time.perf_counter() - t if push is not None else 0.0
             loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss, push)
             if not math.isfinite(terms["loss"]):
                 raise TrainingDiverged(
