@@ -191,6 +191,7 @@ def print_tables(args) -> None:
             chosen = f"{sc['map']} map; image {sc['image_score']} of {sc['map'] if image_map == 'pixel' else image_map}"
             print(f"| {r['category']} | {r['variant']}{' seed ' + str(r['seed']) if r.get('seed') else ''} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
                   f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
+        print_seed_tables(rows)
     speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
     if speed:
         print("\n| measurement | value | peak RSS (MB) |")
@@ -203,6 +204,42 @@ def print_tables(args) -> None:
             s = speed["inference"]
             print(f"| inference ms/image, batch 1 | {s['ms_per_image_batch1']:.1f} | {s['peak_rss_mb']:.0f} |")
             print(f"| inference ms/image, batch 32 | {s['ms_per_image_batch32']:.1f} | |")
+
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def print_seed_tables(rows: list[dict]) -> None:
+    """Variants run at several seeds: mean and range per metric, then each variant against w = 0 seed by
+    seed (the same seed drives both runs' initialisation and batches, so the per-seed difference is paired)."""
+    runs: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in rows:
+        runs.setdefault((r["category"], r["variant"]), {})[r.get("seed", 0)] = r["test"]
+    several = {k: v for k, v in sorted(runs.items()) if len(v) > 1}
+    if not several:
+        return
+    print("\n| category | variant | seeds | " + " | ".join(f"{m} mean [min, max]" for m in METRICS) + " |")
+    print("|---|---|---|" + "---|" * len(METRICS))
+    for (category, variant), by_seed in several.items():
+        cells = []
+        for m in METRICS:
+            vals = [t[m] for t in by_seed.values()]
+            cells.append(f"{statistics.mean(vals):.3f} [{min(vals):.3f}, {max(vals):.3f}]")
+        print(f"| {category} | {variant} | {','.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
+    print("\n| category | variant − w0, paired by seed | seeds | " + " | ".join(f"{m}: mean (each seed)" for m in METRICS)
+          + " | seeds ahead on all three |")
+    print("|---|---|---|" + "---|" * len(METRICS) + "---|")
+    for (category, variant), by_seed in several.items():
+        base = runs.get((category, "w0"), {})
+        seeds = sorted(set(by_seed) & set(base))
+        if variant == "w0" or len(seeds) < 2:
+            continue
+        cells = []
+        for m in METRICS:
+            diffs = [by_seed[s][m] - base[s][m] for s in seeds]
+            cells.append(f"{statistics.mean(diffs):+.3f} ({', '.join(f'{d:+.3f}' for d in diffs)})")
+        ahead = sum(all(by_seed[s][m] > base[s][m] for m in METRICS) for s in seeds)
+        print(f"| {category} | {variant} | {','.join(map(str, seeds))} | " + " | ".join(cells) + f" | {ahead}/{len(seeds)} |")
 
 
 def main() -> None:
