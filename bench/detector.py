@@ -48,6 +48,9 @@ VARIANTS = {
     "ungated": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "none"}},
     "gated_w0.2": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
     "gated_w1": {"loss": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
+    # the gated default with w falling linearly to 0 over training (loss.schedule=linear)
+    "gated_linear": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
+                              "schedule": "linear"}},
 }
 
 

@@ -1,6 +1,6 @@
 """``paper``: around the paper's defaults: stacking depth 1-4 and the conv/attention order, width,
 heads, couplings, clamp; synthesis patch count, size bounds, blend mode, object-aware placement; loss
-weight, form, margin and the mask form's novelty gate; learning rate."""
+weight, its schedule, form, margin and the mask form's novelty gate; learning rate."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def paper(trial) -> dict:
     derived: dict = {"model.blocks": ",".join(blocks)}
     if trial.suggest_categorical("space.self_supervised", [True, False]):  # False: the w = 0 ablation
         trial.suggest_float("loss.weight", 0.05, 1.0, log=True)
+        trial.suggest_categorical("loss.schedule", ["constant", "linear"])
         form = trial.suggest_categorical("loss.form", ["constrained", "hinge", "mask"])
         if form == "constrained":
             trial.suggest_float("loss.cap", 0.3, 2.0)

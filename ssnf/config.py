@@ -101,6 +101,7 @@ class ModelConfig:
 
 LOSS_FORMS = ("constrained", "hinge", "mask")
 LOSS_GATES = ("none", "novel")
+LOSS_SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -122,6 +123,9 @@ class LossConfig:
     # other normal images (pasted content that looks like normal texture is left alone).
     gate: str = "novel"
     gate_quantile: float = 0.9
+    # how w moves over training. constant: w all along. linear: from w at the first step down to 0 at the last
+    # (the push shapes the flow early; the last steps are close to plain NLL).
+    schedule: str = "constant"
 
     def validate(self) -> None:
         if self.weight < 0:
@@ -134,6 +138,8 @@ class LossConfig:
             raise ConfigError(f"loss.gate={self.gate!r} is not one of {', '.join(LOSS_GATES)}")
         if not 0.0 < self.gate_quantile < 1.0:
             raise ConfigError(f"loss.gate_quantile={self.gate_quantile} must lie in (0, 1)")
+        if self.schedule not in LOSS_SCHEDULES:
+            raise ConfigError(f"loss.schedule={self.schedule!r} is not one of {', '.join(LOSS_SCHEDULES)}")
 
 
 MAP_KINDS = ("density", "fastflow", "z2", "nll")

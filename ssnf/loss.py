@@ -22,7 +22,8 @@ synthetic anomalies down, constrained so that training stays focused on normal d
   normal content down fights the normal term (measured on magnetic_tile, whose patches are normal tile
   texture: validation pixel AUROC fell epoch after epoch).
 
-``w = 0`` is plain FastFlow training.
+``w = 0`` is plain FastFlow training. ``schedule='linear'`` lowers ``w`` step by step to 0 over training
+(``scheduled_weight``).
 """
 
 from __future__ import annotations
@@ -104,19 +105,30 @@ def gate_positions(cfg: LossConfig, masks: torch.Tensor, normal_feats: list[torc
     return novel_positions(normal_feats, synthetic_feats, covered, cfg.gate_quantile)
 
 
+def scheduled_weight(cfg: LossConfig, progress: float) -> float:
+    """``w`` at ``progress`` in [0, 1): the share of training steps already taken."""
+    if cfg.schedule == "linear":
+        return cfg.weight * (1.0 - progress)
+    return cfg.weight
+
+
 def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_masks: torch.Tensor | None,
-              cfg: LossConfig, push: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              cfg: LossConfig, push: list[torch.Tensor] | None = None,
+              weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss and its terms: ``normal``, ``synthetic``, ``active`` (share of synthetic images, or
-    for ``mask`` of covered positions, still pushed) and ``novel`` (``mask``: share of covered positions the
-    gate lets through; 1 without a gate).
+    for ``mask`` of covered positions, still pushed), ``novel`` (``mask``: share of covered positions the
+    gate lets through; 1 without a gate) and ``weight`` (the ``w`` used).
 
     ``push``: for ``mask``, per scale the covered positions to push (``novel_positions``); default all of them.
+    ``weight``: ``w`` for this step (``scheduled_weight``); default ``cfg.weight``.
     """
+    w = cfg.weight if weight is None else weight
     nll_n = image_nll(normal)
     normal_term = nll_n.mean()
-    if cfg.weight == 0 or synthetic is None:
+    if w == 0 or synthetic is None:
         value = float(normal_term.detach())
-        return normal_term, {"loss": value, "normal": value, "synthetic": 0.0, "active": 0.0, "novel": 0.0}
+        return normal_term, {"loss": value, "normal": value, "synthetic": 0.0, "active": 0.0, "novel": 0.0,
+                             "weight": 0.0}
     worst = nll_n.max().detach()
     novel = 0.0
     if cfg.form == "mask":
@@ -139,9 +151,9 @@ def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_mask
             gap = F.relu(worst + cfg.margin - nll_s)
             term = gap.mean()
             active = float((gap > 0).float().mean())
-    loss = normal_term + cfg.weight * term
+    loss = normal_term + w * term
     return loss, {"loss": float(loss.detach()), "normal": float(normal_term.detach()),
-                  "synthetic": float(term.detach()), "active": active, "novel": novel}
+                  "synthetic": float(term.detach()), "active": active, "novel": novel, "weight": w}
 
 
 def _mask_term(normal: FlowOutputs, synthetic: FlowOutputs, push: list[torch.Tensor], margin: float,

@@ -11,7 +11,7 @@ import torch
 
 from ssnf.config import LossConfig, ScoringConfig, SSNFConfig, TrainConfig
 from ssnf.errors import ConfigError
-from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, ssnf_loss
+from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, scheduled_weight, ssnf_loss
 from ssnf.scoring import anomaly_maps, choose, gaussian_blur, image_scores, position_maps, resolve, score
 
 
@@ -116,6 +116,22 @@ def test_loss_gate_values_are_checked():
     with pytest.raises(ConfigError, match="train.batch_size=1 must be at least 2"):
         SSNFConfig(train=TrainConfig(batch_size=1)).validate()
     SSNFConfig(train=TrainConfig(batch_size=1), loss=LossConfig(gate="none")).validate()
+    with pytest.raises(ConfigError, match="loss.schedule='cosine' is not one of constant, linear"):
+        LossConfig(schedule="cosine").validate()
+
+
+def test_linear_schedule_lowers_the_synthetic_weight_to_zero():
+    constant, linear = LossConfig(weight=0.4), LossConfig(weight=0.4, schedule="linear")
+    assert [scheduled_weight(constant, p) for p in (0.0, 0.5, 0.99)] == [0.4, 0.4, 0.4]
+    assert [scheduled_weight(linear, p) for p in (0.0, 0.5, 0.75)] == pytest.approx([0.4, 0.2, 0.1])
+    normal, synthetic = outputs([1.0]), outputs([0.1])
+    mask = torch.ones(1, 1, 16, 16)
+    cfg = LossConfig(form="mask", margin=0.1, gate="none", weight=0.4)
+    full, terms = ssnf_loss(normal, synthetic, mask, cfg)
+    half, half_terms = ssnf_loss(normal, synthetic, mask, cfg, weight=0.2)
+    assert terms["weight"] == 0.4 and half_terms["weight"] == 0.2
+    assert float(full - terms["normal"]) == pytest.approx(2 * float(half - half_terms["normal"]), rel=1e-5)
+    assert ssnf_loss(normal, synthetic, mask, cfg, weight=0.0)[1]["synthetic"] == 0.0  # w 0: no synthetic term
 
 
 def test_score_maps_rank_unlikely_positions_higher():

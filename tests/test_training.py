@@ -180,6 +180,15 @@ def test_novelty_gate_trains_and_reports_its_share(tiny):
     assert plain["novel"] == 1.0 and plain["gate_s"] == 0.0
 
 
+def test_linear_schedule_reports_the_falling_weight(tiny):
+    history = train(with_overrides(tiny, loss={"schedule": "linear"}, train={"epochs": 2}), progress=False).history
+    steps_weight = [h["weight"] for h in history]
+    # mean w over each epoch's steps: below w in the first epoch, lower again in the second, never 0
+    assert tiny.loss.weight > steps_weight[0] > steps_weight[1] > 0
+    flat = train(with_overrides(tiny, train={"epochs": 1}), progress=False).history[-1]
+    assert flat["weight"] == pytest.approx(tiny.loss.weight)
+
+
 def test_checkpoints_from_before_the_gate_load_as_ungated(tiny, tmp_path):
     _, model = training.prepare(tiny, need_splits=False)
     path = training.save_checkpoint(tmp_path / "old.pt", model, tiny, 0, [])
