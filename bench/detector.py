@@ -4,6 +4,7 @@
     .venv/bin/python bench/detector.py speed   [--category tire]
     .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...]  # after a scoring change
     .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
+    .venv/bin/python bench/detector.py curves [--categories tire]  # validation per epoch of every run
 
 Quality: pretrained mobilenetv2_100 at 256x256, a fixed epoch budget, the *last* epoch's model, test
 metrics computed once at the end (nothing is selected on test). One JSON per run in --out, so an
@@ -212,6 +213,26 @@ def print_tables(args) -> None:
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
+def print_curves(args) -> None:
+    """Validation after every epoch of every quality run (what a sweep sees; no test figure), with the share of
+    masked positions still pushed and the w used: when does the synthetic term help, when does it stop."""
+    out = Path(args.out)
+    for category in args.categories.split(","):
+        rows = [json.loads(p.read_text()) for p in sorted(out.glob(f"quality-{category}-*.json"))]
+        for key, label in (("val_pixel_auroc", "validation pixel AUROC"), ("val_score", "val_score"),
+                           ("active", "share of masked positions still pushed"), ("weight", "w used")):
+            shown = [r for r in rows if all(key in e for e in r["history"])]
+            if not shown:
+                continue
+            epochs = max(len(r["history"]) for r in shown)
+            print(f"\n{category}: {label} per epoch")
+            print("| run | " + " | ".join(str(e + 1) for e in range(epochs)) + " |")
+            print("|---|" + "---|" * epochs)
+            for r in shown:
+                name = r["variant"] + (f" seed {r['seed']}" if r.get("seed") else "")
+                print(f"| {name} | " + " | ".join(f"{e[key]:.3f}" for e in r["history"]) + " |")
+
+
 def print_seed_tables(rows: list[dict]) -> None:
     """Variants run at several seeds: mean and range per metric, then each variant against w = 0 seed by
     seed (the same seed drives both runs' initialisation and batches, so the per-seed difference is paired)."""
@@ -247,7 +268,7 @@ def print_seed_tables(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["quality", "rescore", "speed", "table", "one"])
+    parser.add_argument("command", choices=["quality", "rescore", "speed", "table", "curves", "one"])
     parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--categories", default="tire,magnetic_tile")
     parser.add_argument("--category", default="tire")
@@ -257,7 +278,8 @@ def main() -> None:
     parser.add_argument("--mode", default="default")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    {"quality": run_quality, "rescore": run_rescore, "speed": run_speed, "table": print_tables, "one": measure_one}[args.command](args)
+    {"quality": run_quality, "rescore": run_rescore, "speed": run_speed, "table": print_tables, "curves": print_curves,
+     "one": measure_one}[args.command](args)
 
 
 if __name__ == "__main__":
