@@ -180,6 +180,11 @@ def run_speed(args) -> None:
         print(path.read_text())
 
 
+def run_name(r: dict) -> str:
+    """A quality run's variant, with its seed when not 0."""
+    return r["variant"] + (f" seed {r['seed']}" if r.get("seed") else "")
+
+
 def print_tables(args) -> None:
     out = Path(args.out)
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("quality-*.json"))]
@@ -193,7 +198,7 @@ def print_tables(args) -> None:
             sc = r.get("scoring") or r["config"]["scoring"]
             image_map = sc.get("image_map", "pixel")  # runs from before image_map existed scored the pixel map
             chosen = f"{sc['map']} map; image {sc['image_score']} of {sc['map'] if image_map == 'pixel' else image_map}"
-            print(f"| {r['category']} | {r['variant']}{' seed ' + str(r['seed']) if r.get('seed') else ''} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
+            print(f"| {r['category']} | {run_name(r)} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
                   f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
         print_seed_tables(rows)
     speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
@@ -229,8 +234,7 @@ def print_curves(args) -> None:
             print("| run | " + " | ".join(str(e + 1) for e in range(epochs)) + " |")
             print("|---|" + "---|" * epochs)
             for r in shown:
-                name = r["variant"] + (f" seed {r['seed']}" if r.get("seed") else "")
-                print(f"| {name} | " + " | ".join(f"{e[key]:.3f}" for e in r["history"]) + " |")
+                print(f"| {run_name(r)} | " + " | ".join(f"{e[key]:.3f}" for e in r["history"]) + " |")
 
 
 def print_seed_tables(rows: list[dict]) -> None:
