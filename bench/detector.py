@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/detector.py quality [--categories tire,magnetic_tile] [--epochs 20]
     .venv/bin/python bench/detector.py speed   [--category tire]
-    .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...]  # after a scoring change
+    .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...] [--seeds 0,1]  # after a scoring change
     .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
     .venv/bin/python bench/detector.py curves [--categories tire]  # validation per epoch of every run
 
@@ -101,7 +101,7 @@ def test_and_write(path: Path, category: str, variant: str, cfg: SSNFConfig, mod
 
 def print_epoch(report: dict, _model) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()
-                      if k != "val_candidates"}), flush=True)
+                      if k not in ("val_candidates", "val_switch")}), flush=True)
 
 
 def run_rescore(args) -> None:
@@ -112,26 +112,36 @@ def run_rescore(args) -> None:
     the ``auto`` settings is made on validation at the last epoch, then the test split is scored once.
     """
     out = Path(args.out)
+    seeds = [int(x) for x in (args.seeds or str(args.seed)).split(",")]
     for category in args.categories.split(","):
         for variant in args.variants.split(","):
-            ckpt_path = out / "checkpoints" / f"{category}-{variant}" / "checkpoint.pt"
-            if not ckpt_path.is_file():
-                print(f"{ckpt_path}: missing, run quality first")
-                continue
-            ckpt = load_checkpoint(ckpt_path)
-            if ckpt.epoch != ckpt.config.train.epochs:
-                print(f"{ckpt_path}: only {ckpt.epoch} of {ckpt.config.train.epochs} epochs trained, skipped")
-                continue
-            cfg = dataclasses.replace(ckpt.config, scoring=ScoringConfig())
-            model = ckpt.model.eval()
-            data = prepare_data(cfg, model.extractor, make_splits(load_index(cfg.data), cfg.data))
-            val = validate(model, data.validation, cfg, "cpu")
-            history = ckpt.history
-            if history and history[-1].get("val_map") is None:  # trained before the scoring was chosen
-                history[-1] = {**history[-1], "val_before_rescore": {k: history[-1].get(k) for k in
-                               ("val_image_auroc", "val_pixel_auroc", "val_score")}, **val}
-            test_and_write(out / f"quality-{category}-{variant}.json", category, variant, cfg, model,
-                           data.splits.test, history, rescored_from=str(ckpt_path.relative_to(out)))
+            for seed in seeds:
+                rescore_one(out, category, variant, seed)
+
+
+def rescore_one(out: Path, category: str, variant: str, seed: int) -> None:
+    name = f"{category}-{variant}" + (f"-seed{seed}" if seed else "")
+    ckpt_path = out / "checkpoints" / name / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        print(f"{ckpt_path}: missing, run quality first")
+        return
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.epoch != ckpt.config.train.epochs:
+        print(f"{ckpt_path}: only {ckpt.epoch} of {ckpt.config.train.epochs} epochs trained, skipped")
+        return
+    cfg = dataclasses.replace(ckpt.config, scoring=ScoringConfig())
+    model = ckpt.model.eval()
+    data = prepare_data(cfg, model.extractor, make_splits(load_index(cfg.data), cfg.data))
+    val = validate(model, data.validation, cfg, "cpu")
+    history = ckpt.history
+    if history:  # the last epoch's validation as it is now; what training saw is kept beside it
+        before = {k: history[-1].get(k) for k in ("val_image_auroc", "val_pixel_auroc", "val_score", "val_map",
+                                                  "val_image_map", "val_image_score")}
+        history[-1] = {**history[-1], "val_at_training": history[-1].get("val_at_training", before), **val}
+    path = out / f"quality-{name}.json"
+    kept = {k: v for k, v in json.loads(path.read_text()).items() if k in ("timings",)} if path.is_file() else {}
+    test_and_write(path, category, variant, cfg, model, data.splits.test, history,
+                   rescored_from=str(ckpt_path.relative_to(out)), **kept)
 
 
 def measure_one(args) -> None:
@@ -279,6 +289,7 @@ def main() -> None:
     parser.add_argument("--variants", default="default,w0")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="quality: train.seed (runs named ...-seedN when not 0)")
+    parser.add_argument("--seeds", default="", help="rescore: the seeds whose runs to re-score, e.g. 0,1,2,3")
     parser.add_argument("--mode", default="default")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()

@@ -153,8 +153,9 @@ class ScoringConfig:
 
     ``auto`` values are chosen per trained model on validation (held-out normal images and reference
     anomalies, never test images): the pixel map by validation pixel AUROC, the image score's map and
-    reducer by validation image AUROC. The choice is kept with the model (``SSNFModel.scoring``) and
-    saved in its checkpoint.
+    reducer by validation image AUROC, each leaving its prior (``nll``; the max of the pixel map) only
+    when another candidate wins in ``switch_confidence`` of bootstrap resamples of the validation images.
+    The choice is kept with the model (``SSNFModel.scoring``) and saved in its checkpoint.
     """
 
     map: str = AUTO  # the pixel map: auto | density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll
@@ -162,6 +163,7 @@ class ScoringConfig:
     image_score: str = AUTO  # auto | max | topk
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
     topk: float = 0.01  # topk: mean of this share of the highest pixels
+    switch_confidence: float = 0.95  # auto: share of validation bootstrap rounds another map must win (0: best point value)
 
     def validate(self) -> None:
         if self.map not in (AUTO, *MAP_KINDS):
@@ -173,6 +175,8 @@ class ScoringConfig:
             raise ConfigError(f"scoring.image_score={self.image_score!r} is not one of auto, max, topk")
         if not 0.0 < self.topk <= 1.0 or self.smooth_sigma < 0:
             raise ConfigError(f"scoring.topk={self.topk} must lie in (0, 1], smooth_sigma={self.smooth_sigma} >= 0")
+        if not 0.0 <= self.switch_confidence <= 1.0:
+            raise ConfigError(f"scoring.switch_confidence={self.switch_confidence} must lie in [0, 1]")
 
     @property
     def resolved(self) -> bool:

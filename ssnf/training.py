@@ -36,7 +36,7 @@ from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
 from ssnf.synthesis.patches import synthesize
-from ssnf.synthesis.reference import reference_anomaly
+from ssnf.synthesis.reference import reference_set
 
 EpochCallback = Callable[[dict, SSNFModel], None]  # (this epoch's report, the model as it is now)
 
@@ -108,10 +108,10 @@ def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
 
 
 def build_validation(extractor, splits: Splits, images: np.ndarray, seed: int, device) -> ValidationSet:
-    anomalies = [reference_anomaly(img, seed * 100_003 + i) for i, img in enumerate(images)]
+    anomalies = reference_set(images, seed)
     all_images = np.concatenate([images, np.stack([a[0] for a in anomalies])])
     masks = np.concatenate([np.zeros(images.shape[:3], bool), np.stack([a[1] for a in anomalies])])
-    labels = np.r_[np.zeros(len(images), int), np.ones(len(images), int)]
+    labels = np.r_[np.zeros(len(images), int), np.ones(len(anomalies), int)]
     return ValidationSet(extract(extractor, all_images, device=device), labels, masks, [a[2] for a in anomalies])
 
 
@@ -156,7 +156,7 @@ def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> d
     img, pix = metrics["val_image_auroc"], metrics["val_pixel_auroc"]
     return {"val_image_auroc": img, "val_pixel_auroc": pix, "val_score": 0.5 * (img + pix),
             "val_map": chosen.map, "val_image_map": image_map_kind(chosen), "val_image_score": chosen.image_score,
-            "val_candidates": metrics["candidates"]}
+            "val_candidates": metrics["candidates"], "val_switch": metrics["switch"]}
 
 
 def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator,

@@ -11,8 +11,10 @@ import torch
 
 from ssnf.config import LossConfig, ScoringConfig, SSNFConfig, TrainConfig
 from ssnf.errors import ConfigError
+from ssnf.metrics import image_auroc, pixel_auroc
 from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, scheduled_weight, ssnf_loss
-from ssnf.scoring import anomaly_maps, choose, gaussian_blur, image_scores, position_maps, resolve, score
+from ssnf.scoring import (anomaly_maps, bootstrap_image_auroc, bootstrap_pixel_auroc, choose, gaussian_blur,
+                          image_scores, position_maps, resolve, score)
 
 
 def outputs(levels: list[float], channels: int = 4, hw: int = 4, log_jac: float = 0.0, requires_grad=True):
@@ -130,7 +132,7 @@ def test_linear_schedule_lowers_the_synthetic_weight_to_zero():
     full, terms = ssnf_loss(normal, synthetic, mask, cfg)
     half, half_terms = ssnf_loss(normal, synthetic, mask, cfg, weight=0.2)
     assert terms["weight"] == 0.4 and half_terms["weight"] == 0.2
-    assert float(full - terms["normal"]) == pytest.approx(2 * float(half - half_terms["normal"]), rel=1e-5)
+    assert float((full - terms["normal"]).detach()) == pytest.approx(2 * float((half - half_terms["normal"]).detach()), rel=1e-5)
     assert ssnf_loss(normal, synthetic, mask, cfg, weight=0.0)[1]["synthetic"] == 0.0  # w 0: no synthetic term
 
 
@@ -172,18 +174,18 @@ def test_gaussian_blur_keeps_constants_and_mass():
     assert float(blurred.max()) == pytest.approx(1 / (2 * math.pi * 9), rel=0.05)
 
 
-def _val_maps():
-    """Validation-like maps for 4 images (2 normal, 2 anomalous with a square defect) in which each kind is
-    good at one thing: ``nll`` localizes, ``density`` ranks images, the others do neither."""
-    masks = np.zeros((4, 16, 16), bool)
-    masks[2:, 4:8, 4:8] = True
-    labels = np.array([0, 0, 1, 1])
+def _val_maps(n: int = 40):
+    """Validation-like maps for ``n`` images (half normal, half anomalous with a square defect) in which each
+    kind is good at one thing: ``nll`` localizes, ``density`` ranks images, the others do neither."""
+    masks = np.zeros((n, 16, 16), bool)
+    masks[n // 2:, 4:8, 4:8] = True
+    labels = np.r_[np.zeros(n // 2, int), np.ones(n - n // 2, int)]
     rng = np.random.default_rng(0)
-    noise = torch.from_numpy(rng.random((4, 16, 16)).astype(np.float32))
+    noise = torch.from_numpy(rng.random((n, 16, 16)).astype(np.float32))
     nll = noise * 0.1 + torch.from_numpy(masks.astype(np.float32))  # defects light up where they are
-    nll[0, 12, 12] = 5.0  # ... but a normal image has the brightest spot: its image AUROC is poor
+    nll[: n // 2, 12, 12] = 5.0  # ... but normal images have the brightest spot: its image AUROC is poor
     density = noise.clone()
-    density[2:, 0, 0] += 10.0  # anomalous images score highest, at the wrong place
+    density[n // 2:, 0, 0] += 10.0  # anomalous images score highest, at the wrong place
     return {"density": density, "fastflow": noise, "z2": noise, "nll": nll}, labels, masks
 
 
@@ -195,13 +197,50 @@ def test_auto_scoring_chooses_pixel_map_and_image_score_separately_on_validation
     assert metrics["val_pixel_auroc"] == metrics["candidates"]["pixel/nll"] == max(
         v for k, v in metrics["candidates"].items() if k.startswith("pixel/"))
     assert metrics["val_image_auroc"] == 1.0 and metrics["candidates"]["image/nll/max"] < 1.0
+    assert metrics["switch"] == {"pixel": 1.0, "image": 1.0}  # nll is the prior; density won every round
     # what is set stays set: only the open settings are chosen
     fixed, m = choose(maps, labels, masks, ScoringConfig(map="density", image_map="pixel"))
     assert (fixed.map, fixed.image_map) == ("density", "pixel")
     assert set(m["candidates"]) == {"pixel/density", "image/pixel/max", "image/pixel/topk"}
-    # equal candidates: the earlier kind (the paper's map first) wins
+    # equal candidates: the priors (nll, the max of the pixel map) win
     same = {k: maps["z2"] for k in maps}
-    assert choose(same, labels, masks, ScoringConfig())[0].map == "density"
+    assert (choose(same, labels, masks, ScoringConfig())[0].map, choose(same, labels, masks, ScoringConfig())[0].image_map) \
+        == ("nll", "nll")
+
+
+def test_a_map_replaces_the_prior_only_when_validation_is_confident():
+    """A lead within validation's own noise keeps ``nll``; a clear lead, or switch_confidence=0, takes the
+    better map."""
+    maps, labels, masks = _val_maps()
+    rng = np.random.default_rng(1)
+    base = torch.from_numpy(rng.random(masks.shape).astype(np.float32)) + 0.3 * torch.from_numpy(masks.astype(np.float32))
+    hair = base.clone()
+    hair[-1][masks[-1]] += 0.2  # one anomalous image a little better localised: better, not confidently
+    clear = base + 2.0 * torch.from_numpy(masks.astype(np.float32))  # every defect much brighter
+    for other, expected in ((hair, "nll"), (clear, "z2")):
+        candidate = {"density": base, "fastflow": base, "z2": other, "nll": base}
+        chosen, m = choose(candidate, labels, masks, ScoringConfig())
+        assert m["candidates"]["pixel/z2"] > m["candidates"]["pixel/nll"]
+        assert chosen.map == expected, m["switch"]
+        assert (m["switch"]["pixel"] >= 0.95) == (expected == "z2")
+        assert m["val_pixel_auroc"] == m["candidates"][f"pixel/{expected}"]
+    candidate = {"density": base, "fastflow": base, "z2": hair, "nll": base}
+    assert choose(candidate, labels, masks, ScoringConfig(switch_confidence=0.0))[0].map == "z2"
+
+
+def test_bootstrap_aurocs_match_the_exact_ones_on_the_full_sample():
+    maps, labels, masks = _val_maps()
+    ones = np.ones((1, len(labels)))
+    for kind in ("nll", "density"):
+        exact = pixel_auroc(masks, maps[kind].numpy())
+        assert bootstrap_pixel_auroc(maps[kind], masks, ones)[0] == pytest.approx(exact, abs=2e-3)
+        scores = image_scores(maps[kind], ScoringConfig(), "max").numpy()
+        assert bootstrap_image_auroc(scores, labels, ones)[0] == pytest.approx(image_auroc(labels, scores), abs=1e-12)
+    # a resample that drops an image is the AUROC without it
+    drop = np.ones((1, len(labels)))
+    drop[0, -1] = 0
+    scores = image_scores(maps["nll"], ScoringConfig(), "max").numpy()
+    assert bootstrap_image_auroc(scores, labels, drop)[0] == pytest.approx(image_auroc(labels[:-1], scores[:-1]))
 
 
 def test_resolve_and_score_use_the_chosen_maps():

@@ -11,7 +11,7 @@ from ssnf.config import SynthesisConfig
 from ssnf.data.demo import render_washer, render_weave
 from ssnf.errors import ConfigError
 from ssnf.synthesis.patches import foreground_mask, synthesize
-from ssnf.synthesis.reference import reference_anomaly
+from ssnf.synthesis.reference import COPIES, object_region, reference_anomaly, reference_set
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -95,6 +95,51 @@ def test_reference_recipe_is_fixed_per_seed_and_differs_from_training_synthesis(
         change = np.abs(out.astype(int) - image.astype(int)).max(axis=2)
         assert mask.any() and (change[mask] >= 2).all()
         assert not (change[~mask] >= 2).any()
+
+
+def _dark_tread(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """A tyre-like image: a dark, high-contrast tread block on a dark, noisy background of similar colour."""
+    image = rng.normal(30, 3, (size, size, 3))
+    block = np.kron(rng.random((8, 6)) > 0.5, np.ones((size // 16, size // 16))) * 40 + 20
+    y, x = size // 4, size // 3
+    image[y:y + block.shape[0], x:x + block.shape[1]] = block[..., None]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_object_region_finds_parts_on_plain_backgrounds_and_not_in_textures():
+    rng = np.random.default_rng(0)
+    washer, fg = render_washer(rng, 128)
+    region = object_region(_u8(washer))
+    # the part with its hole filled: a part's outline, nothing of the background around it
+    assert region is not None and (region & fg).sum() >= 0.9 * fg.sum() and (region & ~fg).sum() < 0.5 * fg.sum()
+    assert not region[:8].any() and not region[:, :8].any()
+    tread = _dark_tread(rng)
+    region = object_region(tread)
+    assert region is not None and region[32:96, 43:91].mean() > 0.9 and region[:16].mean() == 0
+    assert object_region(_u8(render_weave(rng, 128)[0])) is None
+
+
+def test_reference_set_paints_on_the_object_of_object_categories_only():
+    rng = np.random.default_rng(1)
+    washers = np.stack([_u8(render_washer(rng, 96)[0]) for _ in range(4)])
+    anomalies = reference_set(washers, seed=5)
+    assert len(anomalies) == COPIES * len(washers)
+    for i, (out, mask, _) in enumerate(anomalies):
+        region = object_region(washers[i // COPIES])
+        assert mask.any() and not (mask & ~region).any()
+        assert not np.array_equal(out, washers[i // COPIES])
+    again = reference_set(washers, seed=5)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(anomalies, again))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(anomalies, reference_set(washers, seed=6)))
+    # a category where objects are not found in most images is treated as a texture: defects anywhere
+    weaves = np.stack([_u8(render_weave(rng, 96)[0]) for _ in range(3)])
+    mixed = np.concatenate([washers[:1], weaves])
+    region = object_region(mixed[0])
+    off_object = np.zeros((96, 96), bool)
+    for seed in range(8):
+        for _, m, _ in reference_set(mixed, seed)[:COPIES]:  # the washer's defects
+            off_object |= m & ~region
+    assert off_object.any()
 
 
 @pytest.mark.parametrize("field,value,message", [

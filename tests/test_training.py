@@ -54,8 +54,8 @@ def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     assert ckpt.model.scoring == result.model.scoring and ckpt.model.scoring.resolved
     last = result.history[-1]
     assert (ckpt.model.scoring.map, last["val_map"]) == (last["val_map"], ckpt.model.scoring.map)
-    assert last["val_pixel_auroc"] == max(v for k, v in last["val_candidates"].items() if k.startswith("pixel/"))
-    assert last["val_image_auroc"] == max(v for k, v in last["val_candidates"].items() if k.startswith("image/"))
+    assert last["val_pixel_auroc"] == last["val_candidates"][f"pixel/{last['val_map']}"]
+    assert last["val_image_auroc"] == last["val_candidates"][f"image/{last['val_image_map']}/{last['val_image_score']}"]
     val_feats = [f[:2] for f in FeatureCache(tmp_path / "unused").features(
         result.model.extractor, result.splits.val[:2], training.load_images(result.splits.val[:2], 64), 64)]
     a = predict_features(result.model, val_feats, tiny, "cpu")
