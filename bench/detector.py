@@ -52,6 +52,8 @@ VARIANTS = {
     # the gated default with w falling linearly to 0 over training (loss.schedule=linear)
     "gated_linear": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
                               "schedule": "linear"}},
+    # the default with its patches placed on the object (synthesis.foreground=object finds a dark tyre)
+    "object": {"synthesis": {"object_aware": True, "foreground": "object"}},
 }
 
 

@@ -32,7 +32,8 @@ def paper(trial) -> dict:
         trial.suggest_float("synthesis.width_min", 0.02, 0.1)
         trial.suggest_float("synthesis.width_max", 0.1, 0.3)
         trial.suggest_categorical("synthesis.blend", ["poisson", "feather", "paste"])
-        trial.suggest_categorical("synthesis.object_aware", [False, True])
+        if trial.suggest_categorical("synthesis.object_aware", [False, True]):
+            trial.suggest_categorical("synthesis.foreground", ["auto", "object"])
     else:
         derived["loss.weight"] = 0.0
     trial.suggest_float("train.lr", 1e-4, 3e-3, log=True)

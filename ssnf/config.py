@@ -153,8 +153,8 @@ class ScoringConfig:
 
     ``auto`` values are chosen per trained model on validation (held-out normal images and reference
     anomalies, never test images): the pixel map by validation pixel AUROC, the image score's map and
-    reducer by validation image AUROC, each leaving its prior (``nll``; the max of the pixel map) only
-    when another candidate wins in ``switch_confidence`` of bootstrap resamples of the validation images.
+    reducer by validation image AUROC. The pixel map leaves its prior, ``nll``, only when another kind
+    wins in ``switch_confidence`` of bootstrap resamples of the validation images.
     The choice is kept with the model (``SSNFModel.scoring``) and saved in its checkpoint.
     """
 
@@ -163,7 +163,7 @@ class ScoringConfig:
     image_score: str = AUTO  # auto | max | topk
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
     topk: float = 0.01  # topk: mean of this share of the highest pixels
-    switch_confidence: float = 0.95  # auto: share of validation bootstrap rounds another map must win (0: best point value)
+    switch_confidence: float = 0.95  # auto map: share of validation bootstrap rounds another map must win over nll (0: best point value)
 
     def validate(self) -> None:
         if self.map not in (AUTO, *MAP_KINDS):
@@ -226,8 +226,8 @@ class SynthesisConfig:
     resize_min: float = 0.7
     resize_max: float = 1.3
     shift: bool = True  # paste at a new place (False: where it was cut)
-    object_aware: bool = False  # place patches only on the foreground, found by an Otsu threshold
-    foreground: str = "auto"  # auto | bright | dark: which side of the threshold is the object
+    object_aware: bool = False  # place patches only on the foreground (``foreground``)
+    foreground: str = "auto"  # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's background
     min_object: float = 0.25  # share of a patch that must lie on the foreground
     blend: str = "poisson"  # poisson (OpenCV seamlessClone) | feather | paste
     feather_sigma: float = 0.15  # feathered edge width, as a fraction of the patch half-width
@@ -247,8 +247,8 @@ class SynthesisConfig:
             raise ConfigError(f"synthesis.resize_min/max={self.resize_min}/{self.resize_max} must bracket 1")
         if self.blend not in ("poisson", "feather", "paste"):
             raise ConfigError(f"synthesis.blend={self.blend!r} is not one of poisson, feather, paste")
-        if self.foreground not in ("auto", "bright", "dark"):
-            raise ConfigError(f"synthesis.foreground={self.foreground!r} is not one of auto, bright, dark")
+        if self.foreground not in ("auto", "bright", "dark", "object"):
+            raise ConfigError(f"synthesis.foreground={self.foreground!r} is not one of auto, bright, dark, object")
         if self.pool_size < 0:
             raise ConfigError(f"synthesis.pool_size={self.pool_size} must be 0 (online) or a pool size")
 

@@ -10,8 +10,8 @@ import pytest
 from ssnf.config import SynthesisConfig
 from ssnf.data.demo import render_washer, render_weave
 from ssnf.errors import ConfigError
-from ssnf.synthesis.patches import foreground_mask, synthesize
-from ssnf.synthesis.reference import COPIES, object_region, reference_anomaly, reference_set
+from ssnf.synthesis.patches import foreground_mask, object_region, synthesize
+from ssnf.synthesis.reference import COPIES, reference_anomaly, reference_set
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -57,14 +57,15 @@ def test_patch_count_and_size_follow_the_config():
     assert np.mean(more) > 2 * np.mean(areas)
 
 
-def test_object_aware_patches_land_on_the_object():
+@pytest.mark.parametrize("foreground", ["auto", "object"])
+def test_object_aware_patches_land_on_the_object(foreground):
     def share_on_object(object_aware: bool) -> float:
         rng = np.random.default_rng(1)
         hits = []
         for seed in range(8):
             target, fg = render_washer(rng, 128)
             source, _ = render_washer(rng, 128)
-            cfg = SynthesisConfig(object_aware=object_aware, blend="paste", min_object=0.6)
+            cfg = SynthesisConfig(object_aware=object_aware, foreground=foreground, blend="paste", min_object=0.6)
             _, mask = synthesize(_u8(target), _u8(source), np.random.default_rng(seed), cfg)
             hits.append(fg[mask].mean())
         return float(np.mean(hits))
@@ -72,6 +73,20 @@ def test_object_aware_patches_land_on_the_object():
     aware, anywhere = share_on_object(True), share_on_object(False)
     assert aware >= 0.6  # patches need 60 % of their box on the part
     assert aware > anywhere + 0.2  # the ring covers about a third of the image
+
+
+def test_object_foreground_finds_dark_parts_and_leaves_textures_free():
+    rng = np.random.default_rng(3)
+    cfg = SynthesisConfig(object_aware=True, foreground="object", blend="paste", min_object=0.9)
+    tread, other = _dark_tread(rng), _dark_tread(rng)
+    region = object_region(tread)
+    for seed in range(6):  # the intensity threshold would take the bright tread blocks only
+        _, mask = synthesize(tread, other, np.random.default_rng(seed), cfg)
+        assert mask.any() and region[mask].mean() > 0.8
+    weave, source = _pair(render_weave)
+    assert object_region(weave) is None
+    _, mask = synthesize(weave, source, np.random.default_rng(0), cfg)  # no object: anywhere, no error
+    assert mask.any()
 
 
 def test_foreground_polarity():

@@ -3,7 +3,8 @@
 Our implementation of the recipe the paper uses (NSA, Schlüter et al. 2022): the first patch always,
 each further one with probability ``p_extra``; half-widths drawn from a shifted gamma distribution and
 clipped; the cut patch optionally rescaled and shifted; optionally placed on the object only (foreground
-from an Otsu threshold); Poisson (``cv2.seamlessClone``), feathered-alpha or plain blending.
+from an Otsu threshold on intensity, or ``object_region``: what departs from the border's background in
+colour or local contrast); Poisson (``cv2.seamlessClone``), feathered-alpha or plain blending.
 
 The returned mask is exact: the pixels inside the pasted patches whose mean absolute change exceeds
 ``label_tol`` grey levels, i.e. what really changed.
@@ -17,6 +18,9 @@ import numpy as np
 from ssnf.config import SynthesisConfig
 
 _MIN_POISSON_AREA = 50  # seamlessClone fails on tiny masks
+OBJECT_SHARE = (0.05, 0.95)  # an object region must cover this share of the image ...
+OBJECT_BORDER = 0.1  # ... and at most this share of the image border
+DEVIATION = 3.0  # object pixels differ from the border's background by this many times its median spread
 
 
 def foreground_mask(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
@@ -32,6 +36,46 @@ def foreground_mask(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
         polarity = "dark" if border.mean() > 0.5 else "bright"
     fg = above if polarity == "bright" else ~above
     return cv2.medianBlur(fg.astype(np.uint8), 7).astype(bool)
+
+
+def object_region(image: np.ndarray) -> np.ndarray | None:
+    """The object of ``image`` (uint8 [S, S, 3]) as a bool mask, or ``None`` for a texture / no object.
+
+    The background is modelled on the image border: its median colour and median local contrast. A pixel is
+    on the object when its local mean colour or its local contrast departs from those by ``DEVIATION``
+    times the border's own median departure; the largest connected part is kept, its holes filled. Dark
+    objects on dark backgrounds (a tyre) are found by their contrast, flat objects by their colour."""
+    size = image.shape[0]
+    k = max(3, (size // 32) | 1)
+    x = image.astype(np.float32)
+    mean = cv2.blur(x, (k, k))
+    contrast = np.sqrt(np.maximum(cv2.blur(x * x, (k, k)) - mean * mean, 0).sum(axis=2))
+    ring = np.zeros(image.shape[:2], bool)
+    w = max(2, size // 32)
+    ring[:w], ring[-w:], ring[:, :w], ring[:, -w:] = True, True, True, True
+    colour = np.sqrt(((mean - np.median(mean[ring], axis=0)) ** 2).sum(axis=2))
+    contrast_dev = np.abs(contrast - np.median(contrast[ring]))
+    fg = ((colour > DEVIATION * np.median(colour[ring]) + 8)
+          | (contrast_dev > DEVIATION * np.median(contrast_dev[ring]) + 4)).astype(np.uint8)
+    kernel = np.ones((k, k), np.uint8)
+    fg = cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
+    contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    filled = np.zeros_like(fg)
+    cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
+    fg = filled.astype(bool)
+    if not OBJECT_SHARE[0] <= fg.mean() <= OBJECT_SHARE[1] or fg[ring].mean() > OBJECT_BORDER:
+        return None
+    return fg
+
+
+def foreground(image: np.ndarray, cfg: SynthesisConfig) -> np.ndarray | None:
+    """Where ``synthesis.foreground`` puts the object of ``image``: ``object_region`` (``None``: no object,
+    patches go anywhere) or a side of the intensity threshold (``foreground_mask``)."""
+    if cfg.foreground == "object":
+        return object_region(image)
+    return foreground_mask(image, cfg.foreground)
 
 
 def _half_width(rng: np.random.Generator, side: int, cfg: SynthesisConfig) -> int:
@@ -82,8 +126,8 @@ def synthesize(target: np.ndarray, source: np.ndarray, rng: np.random.Generator,
                cfg: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(image uint8 [H, W, 3], mask bool [H, W])``: ``target`` with patches of ``source`` blended in."""
     h, w = target.shape[:2]
-    fg_t = foreground_mask(target, cfg.foreground) if cfg.object_aware else None
-    fg_s = foreground_mask(source, cfg.foreground) if cfg.object_aware else None
+    fg_t = foreground(target, cfg) if cfg.object_aware else None
+    fg_s = foreground(source, cfg) if cfg.object_aware else None
     out = target.copy()
     region = np.zeros((h, w), bool)
     for i in range(cfg.max_patches):

@@ -15,50 +15,15 @@ not left to a handful of draws.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from ssnf.data.demo import DEFECTS, make_defect
+from ssnf.synthesis.patches import object_region
 
 MIN_STRENGTH = 0.3
 VISIBLE = 2  # grey levels: a pixel belongs to the mask when it changed at least this much
 COPIES = 2  # reference anomalies per held-out normal image
-OBJECT_SHARE = (0.05, 0.95)  # an object region must cover this share of the image ...
-OBJECT_BORDER = 0.1  # ... and at most this share of the image border
 OBJECT_IMAGES = 0.9  # a category has objects when this share of its images has one (else: a texture)
-DEVIATION = 3.0  # object pixels differ from the border's background by this many times its median spread
-
-
-def object_region(image: np.ndarray) -> np.ndarray | None:
-    """The object of ``image`` (uint8 [S, S, 3]) as a bool mask, or ``None`` for a texture / no object.
-
-    The background is modelled on the image border: its median colour and median local contrast. A pixel is
-    on the object when its local mean colour or its local contrast departs from those by ``DEVIATION``
-    times the border's own median departure; the largest connected part is kept, its holes filled. Dark
-    objects on dark backgrounds (a tyre) are found by their contrast, flat objects by their colour."""
-    size = image.shape[0]
-    k = max(3, (size // 32) | 1)
-    x = image.astype(np.float32)
-    mean = cv2.blur(x, (k, k))
-    contrast = np.sqrt(np.maximum(cv2.blur(x * x, (k, k)) - mean * mean, 0).sum(axis=2))
-    ring = np.zeros(image.shape[:2], bool)
-    w = max(2, size // 32)
-    ring[:w], ring[-w:], ring[:, :w], ring[:, -w:] = True, True, True, True
-    colour = np.sqrt(((mean - np.median(mean[ring], axis=0)) ** 2).sum(axis=2))
-    contrast_dev = np.abs(contrast - np.median(contrast[ring]))
-    fg = ((colour > DEVIATION * np.median(colour[ring]) + 8)
-          | (contrast_dev > DEVIATION * np.median(contrast_dev[ring]) + 4)).astype(np.uint8)
-    kernel = np.ones((k, k), np.uint8)
-    fg = cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, kernel), cv2.MORPH_OPEN, kernel)
-    contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return None
-    filled = np.zeros_like(fg)
-    cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
-    fg = filled.astype(bool)
-    if not OBJECT_SHARE[0] <= fg.mean() <= OBJECT_SHARE[1] or fg[ring].mean() > OBJECT_BORDER:
-        return None
-    return fg
 
 
 def reference_anomaly(image: np.ndarray, seed: int, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
