@@ -227,7 +227,7 @@ class SynthesisConfig:
     resize_max: float = 1.3
     shift: bool = True  # paste at a new place (False: where it was cut)
     object_aware: bool = False  # place patches only on the foreground (``foreground``)
-    foreground: str = "auto"  # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's background
+    foreground: str = "auto"  # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's background (in training: none for a whole category unless 90 % of its images have one)
     min_object: float = 0.25  # share of a patch that must lie on the foreground
     blend: str = "poisson"  # poisson (OpenCV seamlessClone) | feather | paste
     feather_sigma: float = 0.15  # feathered edge width, as a fraction of the patch half-width

@@ -35,7 +35,7 @@ from ssnf.loss import gate_positions, scheduled_weight, ssnf_loss
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
-from ssnf.synthesis.patches import synthesize
+from ssnf.synthesis.patches import object_regions, synthesize
 from ssnf.synthesis.reference import reference_set
 
 EpochCallback = Callable[[dict, SSNFModel], None]  # (this epoch's report, the model as it is now)
@@ -160,13 +160,14 @@ def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> d
 
 
 def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator,
-                     cfg: SSNFConfig) -> tuple[np.ndarray, np.ndarray]:
+                     cfg: SSNFConfig, regions: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     n = len(images)
     out, masks = [], []
     for i in idx:
         j = int(rng.integers(n - 1))
         j = j + 1 if j >= i else j  # another image as the source
-        image, mask = synthesize(images[i], images[j], rng, cfg.synthesis)
+        image, mask = synthesize(images[i], images[j], rng, cfg.synthesis,
+                                 None if regions is None else (regions[i], regions[j]))
         out.append(image)
         masks.append(mask)
     return np.stack(out), np.stack(masks)
@@ -231,11 +232,14 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         train_feats = None
 
     synthetic_on = cfg.loss.weight > 0
+    regions = None  # the category's objects, decided once over all its training images
+    if synthetic_on and cfg.synthesis.object_aware and cfg.synthesis.foreground == "object":
+        regions = object_regions(train_images)
     pool_feats, pool_masks = None, None
     if synthetic_on and cfg.synthesis.pool_size:
         rng = np.random.default_rng([seed, 13])
         idx = rng.integers(len(train_images), size=cfg.synthesis.pool_size)
-        pool_images, pool_masks = _synthetic_batch(train_images, idx, rng, cfg)
+        pool_images, pool_masks = _synthetic_batch(train_images, idx, rng, cfg, regions)
         pool_feats = extract(model.extractor, pool_images, device=device)
 
     optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -281,7 +285,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                     masks = torch.from_numpy(pool_masks[pick])[:, None].to(device)
                 else:
                     t = time.perf_counter()
-                    images, mask_np = _synthetic_batch(train_images, idx, rng, cfg)
+                    images, mask_np = _synthetic_batch(train_images, idx, rng, cfg, regions)
                     t_synth += time.perf_counter() - t
                     t = time.perf_counter()
                     synth_feats = model.extractor(to_tensor(images, device))

@@ -10,7 +10,7 @@ import pytest
 from ssnf.config import SynthesisConfig
 from ssnf.data.demo import render_washer, render_weave
 from ssnf.errors import ConfigError
-from ssnf.synthesis.patches import foreground_mask, object_region, synthesize
+from ssnf.synthesis.patches import foreground_mask, object_region, object_regions, synthesize
 from ssnf.synthesis.reference import COPIES, reference_anomaly, reference_set
 
 
@@ -132,6 +132,22 @@ def test_object_region_finds_parts_on_plain_backgrounds_and_not_in_textures():
     region = object_region(tread)
     assert region is not None and region[32:96, 43:91].mean() > 0.9 and region[:16].mean() == 0
     assert object_region(_u8(render_weave(rng, 128)[0])) is None
+
+
+def test_a_texture_category_synthesizes_exactly_as_without_object_placement():
+    """Training decides objects once per category: a few spurious regions in a texture (one washer among
+    weaves here) leave every image free, and the synthesis is then draw for draw the plain one."""
+    rng = np.random.default_rng(2)
+    washer = _u8(render_washer(rng, 96)[0])
+    weaves = [_u8(render_weave(rng, 96)[0]) for _ in range(3)]
+    assert object_region(washer) is not None
+    assert object_regions([washer, *weaves]) == [None] * 4
+    assert all(r is not None for r in object_regions([washer, _u8(render_washer(rng, 96)[0])]))
+    plain = SynthesisConfig()
+    aware = dataclasses.replace(plain, object_aware=True, foreground="object")
+    a = synthesize(weaves[0], washer, np.random.default_rng(7), plain)
+    b = synthesize(weaves[0], washer, np.random.default_rng(7), aware, regions=(None, None))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_reference_set_paints_on_the_object_of_object_categories_only():

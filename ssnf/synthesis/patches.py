@@ -21,6 +21,7 @@ _MIN_POISSON_AREA = 50  # seamlessClone fails on tiny masks
 OBJECT_SHARE = (0.05, 0.95)  # an object region must cover this share of the image ...
 OBJECT_BORDER = 0.1  # ... and at most this share of the image border
 DEVIATION = 3.0  # object pixels differ from the border's background by this many times its median spread
+OBJECT_IMAGES = 0.9  # a category has objects when this share of its images has one (else: a texture)
 
 
 def foreground_mask(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
@@ -68,6 +69,15 @@ def object_region(image: np.ndarray) -> np.ndarray | None:
     if not OBJECT_SHARE[0] <= fg.mean() <= OBJECT_SHARE[1] or fg[ring].mean() > OBJECT_BORDER:
         return None
     return fg
+
+
+def object_regions(images) -> list[np.ndarray | None]:
+    """``object_region`` of each image of one category, all ``None`` (a texture) unless at least
+    ``OBJECT_IMAGES`` of them have one: a few spurious regions in a texture do not make it an object."""
+    regions = [object_region(img) for img in images]
+    if sum(r is not None for r in regions) < OBJECT_IMAGES * len(regions):
+        return [None] * len(regions)
+    return regions
 
 
 def foreground(image: np.ndarray, cfg: SynthesisConfig) -> np.ndarray | None:
@@ -122,12 +132,19 @@ def _blend(dest: np.ndarray, patch: np.ndarray, y: int, x: int, mode: str, sigma
     return out
 
 
-def synthesize(target: np.ndarray, source: np.ndarray, rng: np.random.Generator,
-               cfg: SynthesisConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(image uint8 [H, W, 3], mask bool [H, W])``: ``target`` with patches of ``source`` blended in."""
+def synthesize(target: np.ndarray, source: np.ndarray, rng: np.random.Generator, cfg: SynthesisConfig,
+               regions: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(image uint8 [H, W, 3], mask bool [H, W])``: ``target`` with patches of ``source`` blended in.
+
+    With ``object_aware``, ``regions`` are the (target, source) objects when the caller computed them
+    (``object_regions`` over the category; ``None`` for anywhere), else ``foreground`` finds them."""
     h, w = target.shape[:2]
-    fg_t = foreground(target, cfg) if cfg.object_aware else None
-    fg_s = foreground(source, cfg) if cfg.object_aware else None
+    if not cfg.object_aware:
+        fg_t = fg_s = None
+    elif regions is not None:
+        fg_t, fg_s = regions
+    else:
+        fg_t, fg_s = foreground(target, cfg), foreground(source, cfg)
     out = target.copy()
     region = np.zeros((h, w), bool)
     for i in range(cfg.max_patches):

@@ -5,8 +5,8 @@ the demo generator's painters (scratch, hole, contamination, colour shift) blend
 30 % and 100 %, so that validation holds subtle defects as well as blatant ones (real defects are often
 faint; blatant ones alone rank every model alike).
 
-Where a category shows an object on a plain background (``object_region`` finds one in at least
-``OBJECT_IMAGES`` of its held-out images), the defects are painted on the object: a part's defects lie on
+Where a category shows an object on a plain background (``object_regions``: one in at least 90 % of
+its held-out images), the defects are painted on the object: a part's defects lie on
 the part, and defects on an empty background are found by every map alike, so they cannot tell the maps
 apart. Textures take defects anywhere. Each held-out normal image gets ``COPIES`` defects, each from a
 fixed seed: the same anomalies for every trial, and enough of them that validation's ranking of maps is
@@ -18,12 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from ssnf.data.demo import DEFECTS, make_defect
-from ssnf.synthesis.patches import object_region
+from ssnf.synthesis.patches import object_regions
 
 MIN_STRENGTH = 0.3
 VISIBLE = 2  # grey levels: a pixel belongs to the mask when it changed at least this much
 COPIES = 2  # reference anomalies per held-out normal image
-OBJECT_IMAGES = 0.9  # a category has objects when this share of its images has one (else: a texture)
 
 
 def reference_anomaly(image: np.ndarray, seed: int, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -49,8 +48,6 @@ def reference_anomaly(image: np.ndarray, seed: int, region: np.ndarray | None = 
 def reference_set(images: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """The validation anomalies of held-out normal ``images`` (uint8 [N, S, S, 3]): ``COPIES`` per image,
     image ``i``'s from seeds derived from ``(seed, i)``, on the object when the category has objects."""
-    regions = [object_region(img) for img in images]
-    if sum(r is not None for r in regions) < OBJECT_IMAGES * len(regions):
-        regions = [None] * len(regions)  # a texture, or objects not found reliably: anywhere
+    regions = object_regions(images)
     return [reference_anomaly(img, (seed * 100_003 + i) * COPIES + c, region)
             for i, (img, region) in enumerate(zip(images, regions)) for c in range(COPIES)]
