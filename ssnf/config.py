@@ -163,7 +163,7 @@ class ScoringConfig:
     image_score: str = AUTO  # auto | max | topk
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
     topk: float = 0.01  # topk: mean of this share of the highest pixels
-    switch_confidence: float = 0.95  # auto map: share of validation bootstrap rounds another map must win over nll (0: best point value)
+    switch_confidence: float = 0.95  # auto map: share of bootstrap rounds a map must win over nll (0: argmax)
 
     def validate(self) -> None:
         if self.map not in (AUTO, *MAP_KINDS):
@@ -227,7 +227,9 @@ class SynthesisConfig:
     resize_max: float = 1.3
     shift: bool = True  # paste at a new place (False: where it was cut)
     object_aware: bool = False  # place patches only on the foreground (``foreground``)
-    foreground: str = "auto"  # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's background (in training: none for a whole category unless 90 % of its images have one)
+    # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's
+    # background in colour or contrast (training: none for a whole category unless 90 % of its images have one)
+    foreground: str = "auto"
     min_object: float = 0.25  # share of a patch that must lie on the foreground
     blend: str = "poisson"  # poisson (OpenCV seamlessClone) | feather | paste
     feather_sigma: float = 0.15  # feathered edge width, as a fraction of the patch half-width

@@ -132,6 +132,7 @@ def test_object_region_finds_parts_on_plain_backgrounds_and_not_in_textures():
     region = object_region(tread)
     assert region is not None and region[32:96, 43:91].mean() > 0.9 and region[:16].mean() == 0
     assert object_region(_u8(render_weave(rng, 128)[0])) is None
+    assert object_region(np.full((64, 96, 3), 40, np.uint8)) is None  # plain, not square: no object
 
 
 def test_a_texture_category_synthesizes_exactly_as_without_object_placement():

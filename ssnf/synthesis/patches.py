@@ -46,7 +46,7 @@ def object_region(image: np.ndarray) -> np.ndarray | None:
     on the object when its local mean colour or its local contrast departs from those by ``DEVIATION``
     times the border's own median departure; the largest connected part is kept, its holes filled. Dark
     objects on dark backgrounds (a tyre) are found by their contrast, flat objects by their colour."""
-    size = image.shape[0]
+    size = min(image.shape[:2])
     k = max(3, (size // 32) | 1)
     x = image.astype(np.float32)
     mean = cv2.blur(x, (k, k))

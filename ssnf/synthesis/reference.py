@@ -25,7 +25,8 @@ VISIBLE = 2  # grey levels: a pixel belongs to the mask when it changed at least
 COPIES = 2  # reference anomalies per held-out normal image
 
 
-def reference_anomaly(image: np.ndarray, seed: int, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def reference_anomaly(image: np.ndarray, seed: int,
+                      region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """``(image uint8, mask bool, defect kind)`` for validation image ``image`` (uint8 [S, S, 3]), painted
     inside ``region`` (default: anywhere)."""
     rng = np.random.default_rng([seed, 7])
