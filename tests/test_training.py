@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from ssnf.config import SSNFConfig
 from ssnf.data.demo import DemoSpec, ensure_demo
 from ssnf.errors import BackboneError, ConfigError, DataError
 from ssnf.features import FeatureCache
+from ssnf.synthesis.reference import COPIES
 from ssnf.training import TrainingDiverged, predict_features, train, with_overrides
 
 DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
@@ -187,6 +189,31 @@ def test_linear_schedule_reports_the_falling_weight(tiny):
     assert tiny.loss.weight > steps_weight[0] > steps_weight[1] > 0
     flat = train(with_overrides(tiny, train={"epochs": 1}), progress=False).history[-1]
     assert flat["weight"] == pytest.approx(tiny.loss.weight)
+
+
+def test_object_placement_uses_the_category_s_objects(tiny, monkeypatch):
+    """``foreground=object``: the washers' objects are found once and every patch lands on its image's
+    washer; validation's reference defects lie on the washers too."""
+    seen = []
+    real = training.synthesize
+
+    def spy(target, source, rng, cfg, regions=None):
+        image, mask = real(target, source, rng, cfg, regions)
+        seen.append((regions, mask))
+        return image, mask
+
+    monkeypatch.setattr(training, "synthesize", spy)
+    cfg = with_overrides(tiny, synthesis={"object_aware": True, "foreground": "object", "min_object": 0.9,
+                                          "blend": "paste"}, train={"epochs": 1})
+    result = train(cfg, progress=False)
+    assert seen and all(r is not None and r[0] is not None and r[1] is not None for r, _ in seen)
+    on_object = [float(r[0][m].mean()) for r, m in seen if m.any()]
+    assert min(on_object) > 0.5 and np.mean(on_object) > 0.8
+    data = training.prepare_data(cfg, result.model.extractor, result.splits)
+    images = training.load_images(result.splits.val, 64)
+    regions = [training.object_regions(images)[i // COPIES] for i in range(len(images) * COPIES)]
+    masks = data.validation.masks[len(images):]
+    assert all(r is not None and not (m & ~r).any() for r, m in zip(regions, masks))
 
 
 def test_checkpoints_from_before_the_gate_load_as_ungated(tiny, tmp_path):
