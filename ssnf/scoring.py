@@ -174,13 +174,18 @@ def bootstrap_pixel_auroc(maps: torch.Tensor, masks: np.ndarray, weights: np.nda
     return _histogram_auroc(weights @ pos, weights @ neg)
 
 
-def _pick(point: dict[str, float], prior: str, confidence: float, rounds) -> tuple[str, float]:
-    """The candidate with the best ``point`` value if it beats ``prior`` in at least ``confidence`` of the
-    bootstrap rounds (``rounds(name) -> [rounds]``), else ``prior``; with the share of rounds it won."""
-    best = max(point, key=lambda k: point[k])  # max keeps the first of equals: the prior
-    if best == prior:
-        return prior, 1.0
-    won = float((rounds(best) > rounds(prior)).mean()) if confidence > 0 else 1.0
+def _pixel_map(pix: dict[str, float], maps: dict[str, torch.Tensor], masks: np.ndarray, labels: np.ndarray,
+               confidence: float) -> tuple[str, float]:
+    """The kind with the best validation pixel AUROC if it beats the prior (``pix``'s first kind) in at least
+    ``confidence`` of the bootstrap rounds, else the prior; with the share of rounds it won (1.0 when the
+    prior is the best). The bootstrap runs only when there is a switch to decide."""
+    prior = next(iter(pix))
+    best = max(pix, key=lambda k: pix[k])  # max keeps the first of equals: the prior
+    if best == prior or confidence == 0:
+        return best, 1.0
+    weights = _bootstrap_weights(labels, BOOTSTRAP_ROUNDS)
+    won = float((bootstrap_pixel_auroc(maps[best], masks, weights)
+                 > bootstrap_pixel_auroc(maps[prior], masks, weights)).mean())
     return (best, won) if won >= confidence else (prior, won)
 
 
@@ -193,10 +198,8 @@ def choose(maps: dict[str, torch.Tensor], labels: np.ndarray, masks: np.ndarray,
     rounds in which the best pixel map beat the prior (1.0 when the prior is the best)."""
     labels = np.asarray(labels)
     pixel_kinds, image_pairs = candidates(cfg)
-    weights = _bootstrap_weights(labels, BOOTSTRAP_ROUNDS) if cfg.switch_confidence > 0 else None
     pix = {k: pixel_auroc(masks, maps[k].numpy()) for k in pixel_kinds}
-    best_pixel, pixel_won = _pick(pix, pixel_kinds[0], cfg.switch_confidence,
-                                  lambda k: bootstrap_pixel_auroc(maps[k], masks, weights))
+    best_pixel, pixel_won = _pixel_map(pix, maps, masks, labels, cfg.switch_confidence)
     img = {}
     for kind, reducer in image_pairs:
         source = best_pixel if kind == "pixel" else kind
