@@ -176,7 +176,8 @@ def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generat
 @dataclass
 class PreparedData:
     """What a run needs from its data, computed once: decoded training images, their backbone features,
-    the validation set. A sweep prepares it once per category and shares it between trials."""
+    their object regions, the validation set. A sweep prepares it once per category and shares it between
+    trials."""
 
     key: str  # data_key() of the config it was made for
     splits: Splits
@@ -184,6 +185,8 @@ class PreparedData:
     train_features: list[torch.Tensor]  # per scale [N, C, h, w], CPU
     validation: ValidationSet
     timings: dict = field(default_factory=dict)
+    # ``object_regions`` of the training images (all None: a texture), for ``synthesis.foreground=object``
+    regions: list | None = None
 
 
 def data_key(cfg: SSNFConfig) -> str:
@@ -200,9 +203,11 @@ def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu") -> Pr
     feats = cache.features(extractor, splits.train, images, size, device)
     t_features = time.perf_counter() - t0
     val = build_validation(extractor, splits, load_images(splits.val, size), cfg.train.seed, device)
+    t = time.perf_counter()
+    regions = object_regions(images)
     timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,
-               "prepare_s": time.perf_counter() - t0}
-    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, timings)
+               "regions_s": time.perf_counter() - t, "prepare_s": time.perf_counter() - t0}
+    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, timings, regions)
 
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
@@ -234,7 +239,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     synthetic_on = cfg.loss.weight > 0
     regions = None  # the category's objects, decided once over all its training images
     if synthetic_on and cfg.synthesis.object_aware and cfg.synthesis.foreground == "object":
-        regions = object_regions(train_images)
+        regions = data.regions if data.regions is not None else object_regions(train_images)
     pool_feats, pool_masks = None, None
     if synthetic_on and cfg.synthesis.pool_size:
         rng = np.random.default_rng([seed, 13])

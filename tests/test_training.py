@@ -214,6 +214,12 @@ def test_object_placement_uses_the_category_s_objects(tiny, monkeypatch):
     regions = [training.object_regions(images)[i // COPIES] for i in range(len(images) * COPIES)]
     masks = data.validation.masks[len(images):]
     assert all(r is not None and not (m & ~r).any() for r, m in zip(regions, masks))
+    # prepared data carry the training images' regions: a sweep's trials reuse them, nothing is recomputed
+    assert all((a == b).all() for a, b in zip(data.regions, training.object_regions(data.train_images)))
+    monkeypatch.setattr(training, "object_regions", None)
+    seen.clear()
+    train(cfg, progress=False, data=data)
+    assert seen and all(r[0] is not None for r, _ in seen)
 
 
 def test_checkpoints_from_before_the_gate_load_as_ungated(tiny, tmp_path):
