@@ -54,6 +54,10 @@ VARIANTS = {
                               "schedule": "linear"}},
     # the default with its patches placed on the object (synthesis.foreground=object finds a dark tyre)
     "object": {"synthesis": {"object_aware": True, "foreground": "object"}},
+    # the default with patches about half as wide (half-width 0.01 + Gamma(2, 0.025), clipped to [0.02, 0.1]
+    # of the side, against 0.03 + Gamma(2, 0.05) in [0.05, 0.2]): harder anomalies that keep the push active
+    "small_patches": {"synthesis": {"gamma_offset": 0.01, "gamma_scale": 0.025, "width_min": 0.02,
+                                    "width_max": 0.1}},
 }
 
 
