@@ -184,9 +184,8 @@ class PreparedData:
     train_images: np.ndarray  # uint8 [N, S, S, 3]
     train_features: list[torch.Tensor]  # per scale [N, C, h, w], CPU
     validation: ValidationSet
+    regions: list  # ``object_regions`` of the training images (all None: a texture), for ``foreground=object``
     timings: dict = field(default_factory=dict)
-    # ``object_regions`` of the training images (all None: a texture), for ``synthesis.foreground=object``
-    regions: list | None = None
 
 
 def data_key(cfg: SSNFConfig) -> str:
@@ -207,7 +206,7 @@ def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu") -> Pr
     regions = object_regions(images)
     timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,
                "regions_s": time.perf_counter() - t, "prepare_s": time.perf_counter() - t0}
-    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, timings, regions)
+    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, regions, timings)
 
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
@@ -239,7 +238,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     synthetic_on = cfg.loss.weight > 0
     regions = None  # the category's objects, decided once over all its training images
     if synthetic_on and cfg.synthesis.object_aware and cfg.synthesis.foreground == "object":
-        regions = data.regions if data.regions is not None else object_regions(train_images)
+        regions = data.regions
     pool_feats, pool_masks = None, None
     if synthetic_on and cfg.synthesis.pool_size:
         rng = np.random.default_rng([seed, 13])
