@@ -58,6 +58,9 @@ VARIANTS = {
     # of the side, against 0.03 + Gamma(2, 0.05) in [0.05, 0.2]): harder anomalies that keep the push active
     "small_patches": {"synthesis": {"gamma_offset": 0.01, "gamma_scale": 0.025, "width_min": 0.02,
                                     "width_max": 0.1}},
+    # the default with patches pasted as they are (synthesis.blend=paste): sharp seams instead of Poisson's
+    # smooth ones, a local break in the texture (CutPaste's blend) rather than displaced but continuous content
+    "paste": {"synthesis": {"blend": "paste"}},
 }
 
 
