@@ -61,6 +61,8 @@ VARIANTS = {
     # the default with patches pasted as they are (synthesis.blend=paste): sharp seams instead of Poisson's
     # smooth ones, a local break in the texture (CutPaste's blend) rather than displaced but continuous content
     "paste": {"synthesis": {"blend": "paste"}},
+    # the default with the rest of each synthetic image held at its original NLL (loss.anchor=unchanged)
+    "anchor": {"loss": {"anchor": "unchanged"}},
 }
 
 

@@ -28,6 +28,7 @@ def paper(trial) -> dict:
             trial.suggest_float("loss.margin", 0.1, 3.0, log=True)
         if form == "mask" and trial.suggest_categorical("loss.gate", ["none", "novel"]) == "novel":
             trial.suggest_float("loss.gate_quantile", 0.5, 0.99)
+        trial.suggest_categorical("loss.anchor", ["none", "unchanged"])
         trial.suggest_int("synthesis.max_patches", 1, 4)
         trial.suggest_float("synthesis.width_min", 0.02, 0.1)
         trial.suggest_float("synthesis.width_max", 0.1, 0.3)

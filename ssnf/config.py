@@ -102,6 +102,7 @@ class ModelConfig:
 LOSS_FORMS = ("constrained", "hinge", "mask")
 LOSS_GATES = ("none", "novel")
 LOSS_SCHEDULES = ("constant", "linear")
+LOSS_ANCHORS = ("none", "unchanged")
 
 
 @dataclass
@@ -126,6 +127,12 @@ class LossConfig:
     # how w moves over training. constant: w all along. linear: from w at the first step down to 0 at the last
     # (the push shapes the flow early; the last steps are close to plain NLL).
     schedule: str = "constant"
+    # what the push may do to the rest of a synthetic image. none: nothing holds it. unchanged: the positions
+    # whose backbone features the synthesis left unchanged (relative change below `anchor_tol`) are held at
+    # the NLL of the same position of the original image (a hinge on any rise, with weight w): the flow may
+    # not flag a whole image because part of it was pasted over.
+    anchor: str = "none"
+    anchor_tol: float = 0.05
 
     def validate(self) -> None:
         if self.weight < 0:
@@ -140,6 +147,10 @@ class LossConfig:
             raise ConfigError(f"loss.gate_quantile={self.gate_quantile} must lie in (0, 1)")
         if self.schedule not in LOSS_SCHEDULES:
             raise ConfigError(f"loss.schedule={self.schedule!r} is not one of {', '.join(LOSS_SCHEDULES)}")
+        if self.anchor not in LOSS_ANCHORS:
+            raise ConfigError(f"loss.anchor={self.anchor!r} is not one of {', '.join(LOSS_ANCHORS)}")
+        if not 0.0 < self.anchor_tol < 1.0:
+            raise ConfigError(f"loss.anchor_tol={self.anchor_tol} must lie in (0, 1)")
 
 
 MAP_KINDS = ("density", "fastflow", "z2", "nll")
@@ -274,6 +285,9 @@ class SSNFConfig:
         if gated and self.train.batch_size < 2:
             raise ConfigError(f"loss.gate='novel' compares normal images of a batch with each other: "
                               f"train.batch_size={self.train.batch_size} must be at least 2")
+        if self.loss.weight > 0 and self.loss.anchor != "none" and self.synthesis.pool_size:
+            raise ConfigError(f"loss.anchor={self.loss.anchor!r} holds a synthetic image to its original, which a "
+                              f"pool (synthesis.pool_size={self.synthesis.pool_size}) does not keep: use one or the other")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

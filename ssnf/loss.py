@@ -22,6 +22,13 @@ synthetic anomalies down, constrained so that training stays focused on normal d
   normal content down fights the normal term (measured on magnetic_tile, whose patches are normal tile
   texture: validation pixel AUROC fell epoch after epoch).
 
+With ``anchor='unchanged'`` the positions of a synthetic image that the synthesis left unchanged (their
+backbone features moved by less than ``anchor_tol`` of their norm; ``unchanged_positions``) must not rise
+above the NLL of the same position in the original image: ``w * mean relu(NLL_s - NLL_original)`` over
+them. Without it the push is free to raise a whole synthetic image (the couplings' self-attention sees
+every position), and on tire it did: positions far from any patch rose by 0.7 nats per dimension on the
+median (``bench/transfer.py``), so the model flags the surroundings of a defect as well as the defect.
+
 ``w = 0`` is plain FastFlow training. ``schedule='linear'`` lowers ``w`` step by step to 0 over training
 (``scheduled_weight``).
 """
@@ -105,6 +112,37 @@ def gate_positions(cfg: LossConfig, masks: torch.Tensor, normal_feats: list[torc
     return novel_positions(normal_feats, synthetic_feats, covered, cfg.gate_quantile)
 
 
+@torch.no_grad()
+def unchanged_positions(normal_feats: list[torch.Tensor], synthetic_feats: list[torch.Tensor],
+                        tol: float) -> list[torch.Tensor]:
+    """Per scale ``[B, h, w]`` bool: the positions whose synthetic feature differs from the original image's
+    (the same row of ``normal_feats``) by less than ``tol`` of the original's norm."""
+    return [(fs.float() - fn.float()).norm(dim=1) < tol * fn.float().norm(dim=1)
+            for fn, fs in zip(normal_feats, synthetic_feats)]
+
+
+def anchor_positions(cfg: LossConfig, normal_feats: list[torch.Tensor],
+                     synthetic_feats: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """The ``anchor`` argument of ``ssnf_loss`` for this config (None: nothing anchored). The synthetic
+    images must be made from the normal images of the batch, in the same order."""
+    if cfg.anchor != "unchanged" or cfg.weight == 0:
+        return None
+    return unchanged_positions(normal_feats, synthetic_feats, cfg.anchor_tol)
+
+
+def anchor_term(normal: FlowOutputs, synthetic: FlowOutputs, anchor: list[torch.Tensor]) -> torch.Tensor:
+    """Mean rise of the synthetic NLL per dimension over the anchored positions, against the same position of
+    the original image (its NLL detached: the original is not pulled up to meet it)."""
+    rises, count = [], 0
+    for (zn, jn), (zs, js), where in zip(normal, synthetic, anchor):
+        channels = zn.shape[1]
+        nll_n = ((0.5 * zn.pow(2).sum(1) - jn) / channels).detach()
+        nll_s = (0.5 * zs.pow(2).sum(1) - js) / channels
+        rises.append(F.relu(nll_s - nll_n)[where].sum())
+        count += int(where.sum())
+    return sum(rises) / max(count, 1)
+
+
 def scheduled_weight(cfg: LossConfig, progress: float) -> float:
     """``w`` at ``progress`` in [0, 1): the share of training steps already taken."""
     if cfg.schedule == "linear":
@@ -114,13 +152,17 @@ def scheduled_weight(cfg: LossConfig, progress: float) -> float:
 
 def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_masks: torch.Tensor | None,
               cfg: LossConfig, push: list[torch.Tensor] | None = None,
-              weight: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              weight: float | None = None,
+              anchor: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss and its terms: ``normal``, ``synthetic``, ``active`` (share of synthetic images, or
     for ``mask`` of covered positions, still pushed), ``novel`` (``mask``: share of covered positions the
-    gate lets through; 1 without a gate) and ``weight`` (the ``w`` used).
+    gate lets through; 1 without a gate), ``anchor`` (the anchor term, 0 without one) and ``weight`` (the
+    ``w`` used).
 
     ``push``: for ``mask``, per scale the covered positions to push (``novel_positions``); default all of them.
     ``weight``: ``w`` for this step (``scheduled_weight``); default ``cfg.weight``.
+    ``anchor``: per scale the synthetic positions held at their original NLL (``anchor_positions``); the
+    synthetic images must then be made from the normal ones, in the same order.
     """
     w = cfg.weight if weight is None else weight
     nll_n = image_nll(normal)
@@ -128,7 +170,7 @@ def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_mask
     if w == 0 or synthetic is None:
         value = float(normal_term.detach())
         return normal_term, {"loss": value, "normal": value, "synthetic": 0.0, "active": 0.0, "novel": 0.0,
-                             "weight": 0.0}
+                             "anchor": 0.0, "weight": 0.0}
     worst = nll_n.max().detach()
     novel = 0.0
     if cfg.form == "mask":
@@ -151,9 +193,11 @@ def ssnf_loss(normal: FlowOutputs, synthetic: FlowOutputs | None, synthetic_mask
             gap = F.relu(worst + cfg.margin - nll_s)
             term = gap.mean()
             active = float((gap > 0).float().mean())
-    loss = normal_term + w * term
+    held = anchor_term(normal, synthetic, anchor) if anchor is not None else None
+    loss = normal_term + w * term + (w * held if held is not None else 0.0)
     return loss, {"loss": float(loss.detach()), "normal": float(normal_term.detach()),
-                  "synthetic": float(term.detach()), "active": active, "novel": novel, "weight": w}
+                  "synthetic": float(term.detach()), "active": active, "novel": novel,
+                  "anchor": float(held.detach()) if held is not None else 0.0, "weight": w}
 
 
 def _mask_term(normal: FlowOutputs, synthetic: FlowOutputs, push: list[torch.Tensor], margin: float,

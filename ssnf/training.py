@@ -31,7 +31,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import FeatureCache, extract, load_images, to_tensor
-from ssnf.loss import gate_positions, scheduled_weight, ssnf_loss
+from ssnf.loss import anchor_positions, gate_positions, scheduled_weight, ssnf_loss
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.scoring import anomaly_maps, candidates, choose, image_map_kind, resolve, score
@@ -269,7 +269,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         rng = np.random.default_rng([seed, 17, epoch])
         torch.manual_seed(seed * 1000 + epoch)
         order = rng.permutation(n)
-        sums = {"loss": 0.0, "normal": 0.0, "synthetic": 0.0, "active": 0.0, "novel": 0.0, "weight": 0.0}
+        sums = {"loss": 0.0, "normal": 0.0, "synthetic": 0.0, "active": 0.0, "novel": 0.0, "anchor": 0.0,
+                "weight": 0.0}
         t_synth = t_backbone = t_gate = 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
         for step in bar:
@@ -281,7 +282,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 normal_feats = model.extractor(to_tensor(train_images[idx], device))
                 t_backbone += time.perf_counter() - t
             normal = model.flow_features(normal_feats)
-            synthetic, masks, push = None, None, None
+            synthetic, masks, push, anchor = None, None, None, None
             if synthetic_on:
                 if pool_feats is not None:
                     pick = rng.integers(len(pool_masks), size=len(idx))
@@ -299,8 +300,11 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 t = time.perf_counter()
                 push = gate_positions(cfg.loss, masks, normal_feats, synth_feats)
                 t_gate += time.perf_counter() - t if push is not None else 0.0
+                if pool_feats is None:  # a pool's images are not the batch's: nothing to hold them to
+                    anchor = anchor_positions(cfg.loss, normal_feats, synth_feats)
             progress = (epoch * steps + step) / (cfg.train.epochs * steps)
-            loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss, push, scheduled_weight(cfg.loss, progress))
+            loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss, push, scheduled_weight(cfg.loss, progress),
+                                    anchor)
             if not math.isfinite(terms["loss"]):
                 raise TrainingDiverged(
                     f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "

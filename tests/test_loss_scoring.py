@@ -12,7 +12,8 @@ import torch
 from ssnf.config import LossConfig, ScoringConfig, SSNFConfig, TrainConfig
 from ssnf.errors import ConfigError
 from ssnf.metrics import pixel_auroc
-from ssnf.loss import covered_positions, image_nll, nll_maps, novel_positions, scheduled_weight, ssnf_loss
+from ssnf.loss import (anchor_positions, covered_positions, image_nll, nll_maps, novel_positions, scheduled_weight,
+                       ssnf_loss, unchanged_positions)
 from ssnf.scoring import (anomaly_maps, bootstrap_pixel_auroc, choose, gaussian_blur, image_scores, position_maps,
                           resolve, score)
 
@@ -108,6 +109,56 @@ def test_mask_loss_pushes_only_where_the_gate_says():
     nothing = ssnf_loss(outputs([1.0]), outputs([0.1]), mask, cfg, [torch.zeros(1, 4, 4, dtype=torch.bool)])[1]
     assert nothing["synthetic"] == 0.0 and nothing["novel"] == 0.0
     assert covered_positions(mask, [(4, 4)])[0].sum() == 4
+
+
+def test_unchanged_positions_are_those_the_synthesis_left_alone():
+    g = torch.Generator().manual_seed(1)
+    original = torch.randn(2, 8, 4, 4, generator=g)
+    synthetic = original.clone()
+    synthetic[0, :, 1, 2] += 0.2 * original[0, :, 1, 2]  # moved by 20 % of its norm: changed
+    synthetic[1, :, 3, 3] += 0.01 * original[1, :, 3, 3]  # by 1 %: unchanged at tol 0.05
+    held = unchanged_positions([original], [synthetic], 0.05)[0]
+    assert not held[0, 1, 2] and held[0].sum() == 15 and held[1].all()
+    assert anchor_positions(LossConfig(anchor="none"), [original], [synthetic]) is None
+    assert anchor_positions(LossConfig(anchor="unchanged", weight=0.0), [original], [synthetic]) is None
+    assert anchor_positions(LossConfig(anchor="unchanged"), [original], [synthetic])[0].equal(held)
+
+
+def test_anchor_holds_unchanged_positions_at_their_original_nll_and_nothing_else():
+    normal = outputs([1.0])  # NLL per dimension 0.5 everywhere
+    z = torch.full((1, 4, 4, 4), 1.0)
+    z[0, :, 0, 0] = 3.0  # the patch: 4.5 per dimension
+    z[0, :, 3, 3] = 2.0  # a rise outside it: 2.0 per dimension
+    z[0, :, 2, 2] = 0.5  # a fall: not penalised
+    synthetic = [(z.requires_grad_(True), torch.zeros(1, 4, 4))]
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :4, :4] = 1  # covers position (0, 0)
+    anchor = [torch.ones(1, 4, 4, dtype=torch.bool)]
+    anchor[0][0, 0, 0] = False  # the patch changed the features there
+    cfg = LossConfig(form="mask", margin=1.0, gate="none", weight=0.5, anchor="unchanged")
+    loss, terms = ssnf_loss(normal, synthetic, mask, cfg, anchor=anchor)
+    assert terms["anchor"] == pytest.approx((2.0 - 0.5) / 15)
+    loss.backward()
+    grad = synthetic[0][0].grad[0].abs().sum(dim=0)
+    assert grad[3, 3] > 0 and grad[2, 2] == 0 and grad[1, 1] == 0  # only the rise is held
+    assert grad[0, 0] == 0  # the patch is past the margin (4.5 > 0.5 + 1) and not anchored
+    assert terms["synthetic"] == 0.0
+    assert float(loss.detach()) == pytest.approx(0.5 + 0.5 * (2.0 - 0.5) / 15)
+    free = ssnf_loss(normal, synthetic, mask, dataclasses.replace(cfg, anchor="none"))[1]
+    assert free["anchor"] == 0.0 and free["loss"] == pytest.approx(0.5)
+
+
+def test_loss_anchor_values_are_checked():
+    with pytest.raises(ConfigError, match="loss.anchor='all'"):
+        LossConfig(anchor="all").validate()
+    with pytest.raises(ConfigError, match="loss.anchor_tol=0.0"):
+        LossConfig(anchor_tol=0.0).validate()
+    cfg = SSNFConfig()
+    cfg.loss.anchor, cfg.synthesis.pool_size = "unchanged", 64
+    with pytest.raises(ConfigError, match="synthesis.pool_size=64"):
+        cfg.validate()
+    cfg.loss.weight = 0.0  # no synthetic term: nothing to hold, nothing to refuse
+    cfg.validate()
 
 
 def test_loss_gate_values_are_checked():

@@ -59,7 +59,7 @@ def test_paper_space_covers_the_issue_s_knobs():
     for knob in ("model.hidden", "model.heads", "model.couplings", "model.clamp", "loss.weight", "loss.form",
                  "loss.margin", "loss.cap", "synthesis.max_patches", "synthesis.width_min", "synthesis.width_max",
                  "synthesis.blend", "synthesis.object_aware", "train.lr", "loss.gate", "loss.gate_quantile",
-                 "loss.schedule", "synthesis.foreground"):
+                 "loss.schedule", "synthesis.foreground", "loss.anchor"):
         assert knob in keys, knob
     drawn = samples(SPACES["paper"], 60, seed=4)
     assert {p["space.depth"] for p, _, _ in drawn} == {1, 2, 3, 4}

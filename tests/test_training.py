@@ -182,6 +182,29 @@ def test_novelty_gate_trains_and_reports_its_share(tiny):
     assert plain["novel"] == 1.0 and plain["gate_s"] == 0.0
 
 
+def test_anchor_holds_the_rest_of_each_synthetic_image(tiny, monkeypatch):
+    """``loss.anchor=unchanged``: each synthetic image is compared with the normal image it was made from
+    (the same row of the batch) and the anchor term is reported; without it, nothing is held."""
+    seen = []
+    real = training.anchor_positions
+
+    def spy(cfg, normal_feats, synthetic_feats):
+        held = real(cfg, normal_feats, synthetic_feats)
+        if held is not None:
+            seen.append([float(h.float().mean()) for h in held])
+        return held
+
+    monkeypatch.setattr(training, "anchor_positions", spy)
+    anchored = with_overrides(tiny, loss={"anchor": "unchanged"}, train={"epochs": 1})
+    report = train(anchored, progress=False).history[-1]
+    # most of a synthetic image is the untouched original; the patches are not
+    assert seen and all(0.1 < share < 1.0 for shares in seen for share in shares)
+    assert report["anchor"] > 0.0  # the flow's context (conv, attention) moves some of them, and a rise is held
+    calls = len(seen)
+    free = train(with_overrides(anchored, loss={"anchor": "none"}), progress=False).history[-1]
+    assert free["anchor"] == 0.0 and len(seen) == calls
+
+
 def test_linear_schedule_reports_the_falling_weight(tiny):
     history = train(with_overrides(tiny, loss={"schedule": "linear"}, train={"epochs": 2}), progress=False).history
     steps_weight = [h["weight"] for h in history]

@@ -34,11 +34,11 @@ from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.tune.overrides import trial_config
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
-EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "novel", "weight", "val_image_auroc", "val_pixel_auroc", "val_score",
+EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "novel", "anchor", "weight", "val_image_auroc", "val_pixel_auroc", "val_score",
                 "train_s", "val_s", "synthesis_s", "backbone_s", "gate_s", "setup_s")
 SCORING_FIELDS = ("val_map", "val_image_map", "val_image_score")  # the scoring chosen on validation
 
