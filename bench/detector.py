@@ -40,28 +40,33 @@ from ssnf.training import prepare_data, train, validate, with_overrides
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
-    "default": {},  # the paper's architecture and loss, ssnf's defaults
+    "default": {},  # the paper's architecture and loss, ssnf's defaults (since the anchor: loss.anchor=unchanged)
     "w0": {"loss": {"weight": 0.0}},  # the same, plain NLL (FastFlow-style training)
-    "w0.05": {"loss": {"weight": 0.05}},  # the default's synthetic term at a quarter of its weight
-    "pool": {"synthesis": {"pool_size": 512}},  # default, synthesizing a pool of 512 once
-    "paper_loss": {"loss": {"weight": 1.0, "form": "constrained", "cap": 1.0}},  # the paper's image-level rule
+    "w0.05": {"loss": {"weight": 0.05, "anchor": "none"}},  # the default's synthetic term at a quarter of its weight
+    "pool": {"synthesis": {"pool_size": 512}, "loss": {"anchor": "none"}},  # a pool of 512 made once (no anchor)
+    "paper_loss": {"loss": {"weight": 1.0, "form": "constrained", "cap": 1.0, "anchor": "none"}},  # the paper's image-level rule
     # the mask form without / with the novelty gate, spelled out so that they do not move with the defaults
-    "ungated": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "none"}},
-    "gated_w0.2": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
-    "gated_w1": {"loss": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9}},
+    "ungated": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "none", "anchor": "none"}},
+    "gated_w0.2": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
+                           "anchor": "none"}},
+    "gated_w1": {"loss": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
+                         "anchor": "none"}},
     # the gated default with w falling linearly to 0 over training (loss.schedule=linear)
     "gated_linear": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
-                              "schedule": "linear"}},
+                              "schedule": "linear", "anchor": "none"}},
     # the default with its patches placed on the object (synthesis.foreground=object finds a dark tyre)
-    "object": {"synthesis": {"object_aware": True, "foreground": "object"}},
+    "object": {"synthesis": {"object_aware": True, "foreground": "object"}, "loss": {"anchor": "none"}},
     # the default with patches about half as wide (half-width 0.01 + Gamma(2, 0.025), clipped to [0.02, 0.1]
     # of the side, against 0.03 + Gamma(2, 0.05) in [0.05, 0.2]): harder anomalies that keep the push active
     "small_patches": {"synthesis": {"gamma_offset": 0.01, "gamma_scale": 0.025, "width_min": 0.02,
-                                    "width_max": 0.1}},
+                                    "width_max": 0.1}, "loss": {"anchor": "none"}},
     # the default with patches pasted as they are (synthesis.blend=paste): sharp seams instead of Poisson's
     # smooth ones, a local break in the texture (CutPaste's blend) rather than displaced but continuous content
-    "paste": {"synthesis": {"blend": "paste"}},
-    # the default with the rest of each synthetic image held at its original NLL (loss.anchor=unchanged)
+    "paste": {"synthesis": {"blend": "paste"}, "loss": {"anchor": "none"}},
+    # the previous default: gated mask loss, nothing holding the rest of a synthetic image (loss.anchor=none);
+    # the variants below and above that were run before the anchor spell out anchor=none as well
+    "gated": {"loss": {"anchor": "none"}},
+    # the default since the anchor (loss.anchor=unchanged), spelled out
     "anchor": {"loss": {"anchor": "unchanged"}},
 }
 
@@ -178,7 +183,7 @@ def measure_one(args) -> None:
         print(json.dumps({"mode": mode, **timings, "peak_rss_mb": peak_rss_mb()}))
         return
     sections = {"default": {}, "no_cache": {"train": {"feature_cache": False}},
-                "pool": {"synthesis": {"pool_size": 256}}}[mode]
+                "pool": {"synthesis": {"pool_size": 256}, "loss": {"anchor": "none"}}}[mode]
     cfg = base_config(args.data_root, args.category, 2, **sections)
     result = train(cfg, progress=False)
     print(json.dumps({"mode": mode, "epoch_s": result.history[-1]["train_s"], "history": result.history,

@@ -80,7 +80,7 @@ def nll_rise(model, normal_feats, recipe_feats, recipe_masks: np.ndarray) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--categories", default="tire,magnetic_tile")
-    parser.add_argument("--variants", default="default,w0,anchor")
+    parser.add_argument("--variants", default="gated,w0,default")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--results", default=str(HERE / "results"))
     args = parser.parse_args()

@@ -60,6 +60,9 @@ def _migrate(config: dict) -> dict:
     loss = config.get("loss")
     if isinstance(loss, dict) and "gate" not in loss:  # before the novelty gate: every covered position pushed
         config = {**config, "loss": {**loss, "gate": "none"}}
+    loss = config.get("loss")
+    if isinstance(loss, dict) and "anchor" not in loss:  # before the anchor: nothing held
+        config = {**config, "loss": {**loss, "anchor": "none"}}
     return config
 
 

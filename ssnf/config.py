@@ -130,8 +130,9 @@ class LossConfig:
     # what the push may do to the rest of a synthetic image. none: nothing holds it. unchanged: the positions
     # whose backbone features the synthesis left unchanged (relative change below `anchor_tol`) are held at
     # the NLL of the same position of the original image (a hinge on any rise, with weight w): the flow may
-    # not flag a whole image because part of it was pasted over.
-    anchor: str = "none"
+    # not flag a whole image because part of it was pasted over. Chosen on validation: ahead of w = 0 on both
+    # categories, ahead of `none` on tire and level with it on magnetic_tile (docs/benchmarks.md).
+    anchor: str = "unchanged"
     anchor_tol: float = 0.05
 
     def validate(self) -> None:
@@ -287,7 +288,8 @@ class SSNFConfig:
                               f"train.batch_size={self.train.batch_size} must be at least 2")
         if self.loss.weight > 0 and self.loss.anchor != "none" and self.synthesis.pool_size:
             raise ConfigError(f"loss.anchor={self.loss.anchor!r} holds a synthetic image to its original, which a "
-                              f"pool (synthesis.pool_size={self.synthesis.pool_size}) does not keep: use one or the other")
+                              f"pool (synthesis.pool_size={self.synthesis.pool_size}) does not keep: "
+                              "set loss.anchor=none to use a pool")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

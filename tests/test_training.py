@@ -112,9 +112,11 @@ def test_weight_zero_never_synthesizes_and_minimises_plain_nll(tiny, monkeypatch
 
 @pytest.mark.parametrize("form", ["constrained", "hinge", "mask"])
 def test_every_loss_form_and_the_synthetic_pool_train(tiny, form):
-    result = train(with_overrides(tiny, loss={"form": form, "margin": 0.1}, synthesis={"pool_size": 6},
-                                  train={"epochs": 1}), progress=False)
-    assert result.history[0]["epoch"] == 1
+    anchored = train(with_overrides(tiny, loss={"form": form, "margin": 0.1}, train={"epochs": 1}), progress=False)
+    assert anchored.history[0]["epoch"] == 1 and anchored.history[0]["anchor"] > 0.0  # the default holds the rest
+    pooled = train(with_overrides(tiny, loss={"form": form, "margin": 0.1, "anchor": "none"},
+                                  synthesis={"pool_size": 6}, train={"epochs": 1}), progress=False)
+    assert pooled.history[0]["epoch"] == 1 and pooled.history[0]["anchor"] == 0.0
 
 
 def test_feature_cache_is_reused_and_matches_a_fresh_extraction(tiny, monkeypatch):
@@ -253,3 +255,14 @@ def test_checkpoints_from_before_the_gate_load_as_ungated(tiny, tmp_path):
         del payload["config"]["loss"][key]
     torch.save(payload, path)
     assert tiny.loss.gate == "novel" and load_checkpoint(path).config.loss.gate == "none"
+
+
+def test_checkpoints_from_before_the_anchor_load_unanchored(tiny, tmp_path):
+    _, model = training.prepare(tiny, need_splits=False)
+    path = training.save_checkpoint(tmp_path / "old.pt", model, tiny, 0, [])
+    payload = torch.load(path, weights_only=True)
+    for key in ("anchor", "anchor_tol"):  # what a checkpoint written before the anchor holds
+        del payload["config"]["loss"][key]
+    torch.save(payload, path)
+    loss = load_checkpoint(path).config.loss
+    assert tiny.loss.anchor == "unchanged" and loss.anchor == "none" and loss.anchor_tol == tiny.loss.anchor_tol
