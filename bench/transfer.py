@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/transfer.py --categories tire,magnetic_tile [--seeds 0,1,2,3]
 
-For the trained quality runs of ``bench/detector.py`` (``default`` and ``w0`` at each seed), the pixel
+For the trained quality runs of ``bench/detector.py`` (``gated``, ``w0``, ``default`` at each seed), the pixel
 AUROC of the ``nll`` map on the held-out normal images of the validation split plus
 
 - ``training recipe``: anomalies made by the *training* synthesis (the paper's patches, ``synthesis``

@@ -112,7 +112,8 @@ class LossConfig:
     Defaults chosen on *validation* (held-out normals + reference anomalies, never test images) on tire
     and magnetic_tile: the mask-aware form beat both w = 0 and the paper's image-level constrained form,
     which diverges without a cap and, with one, hurt validation; the novelty gate (q 0.9) then beat the
-    ungated mask form and w = 0 on both categories (see docs/benchmarks.md).
+    ungated mask form and w = 0 on both categories; the anchor then beat w = 0 on both and the unanchored
+    gated form on tire, level with it on magnetic_tile (see docs/benchmarks.md).
     """
 
     weight: float = 0.2  # w: the synthetic term's weight
