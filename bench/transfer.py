@@ -28,36 +28,27 @@ import numpy as np
 import torch
 
 from ssnf.checkpoint import load_checkpoint
-from ssnf.config import SynthesisConfig
+from ssnf.config import SSNFConfig
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.features import extract, load_images
-from ssnf.loss import covered_positions, unchanged_positions
+from ssnf.loss import covered_positions, position_nll, unchanged_positions
 from ssnf.metrics import pixel_auroc
-from ssnf.synthesis.patches import synthesize
 from ssnf.synthesis.reference import reference_set
-from ssnf.training import candidate_maps
+from ssnf.training import _synthetic_batch, candidate_maps
 
 HERE = Path(__file__).resolve().parent
 RECIPE_SEED = 12345
 
 
 def recipe_set(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One training-recipe anomaly per held-out image, its source another held-out image."""
-    rng = np.random.default_rng(seed)
-    out, masks = [], []
-    for i in range(len(images)):
-        j = int(rng.integers(len(images) - 1))
-        j = j + 1 if j >= i else j
-        image, mask = synthesize(images[i], images[j], rng, SynthesisConfig())
-        out.append(image)
-        masks.append(mask)
-    return np.stack(out), np.stack(masks)
+    """One training-recipe anomaly per held-out image, its source another held-out image (training's own
+    batch synthesis, ``synthesis`` defaults)."""
+    return _synthetic_batch(images, np.arange(len(images)), np.random.default_rng(seed), SSNFConfig())
 
 
-def nll_pixel_auroc(model, cfg, images: np.ndarray, normal_feats, normal_masks, masks: np.ndarray) -> float:
-    """Pixel AUROC of the nll map over the held-out normals plus ``images`` with ``masks``."""
-    feats = extract(model.extractor, images)
+def nll_pixel_auroc(model, cfg, normal_feats, normal_masks: np.ndarray, feats, masks: np.ndarray) -> float:
+    """Pixel AUROC of the nll map over the held-out normals plus the anomalies with features ``feats``."""
     both = [torch.cat([n, f]) for n, f in zip(normal_feats, feats)]
     maps = candidate_maps(model, both, cfg, ["nll"], "cpu")["nll"].numpy()
     return pixel_auroc(np.concatenate([normal_masks, masks]), maps)
@@ -70,9 +61,9 @@ def nll_rise(model, normal_feats, recipe_feats, recipe_masks: np.ndarray) -> lis
     covered = covered_positions(torch.from_numpy(recipe_masks)[:, None], [f.shape[-2:] for f in recipe_feats])
     unchanged = unchanged_positions(normal_feats, recipe_feats, 0.05)
     out = []
-    for (zn, jn), (zs, js), cov, same in zip(model.flow_features(normal_feats), model.flow_features(recipe_feats),
-                                             covered, unchanged):
-        rise = ((0.5 * zs.pow(2).sum(1) - js) - (0.5 * zn.pow(2).sum(1) - jn)) / zn.shape[1]
+    for nll_n, nll_s, cov, same in zip(position_nll(model.flow_features(normal_feats)),
+                                       position_nll(model.flow_features(recipe_feats)), covered, unchanged):
+        rise = nll_s - nll_n
         out.append(tuple(float(rise[where].median()) for where in (cov, ~cov & ~same, same)))
     return out
 
@@ -107,20 +98,21 @@ def main() -> None:
                 _, recipe_images, recipe_masks, reference = held
                 normal_feats = extract(model.extractor, images)
                 normal_masks = np.zeros(images.shape[:3], bool)
-                recipe = nll_pixel_auroc(model, cfg, recipe_images, normal_feats, normal_masks, recipe_masks)
-                ref_images = np.stack([r[0] for r in reference])
+                recipe_feats = extract(model.extractor, recipe_images)
+                recipe = nll_pixel_auroc(model, cfg, normal_feats, normal_masks, recipe_feats, recipe_masks)
+                ref_feats = extract(model.extractor, np.stack([r[0] for r in reference]))
                 ref_masks = np.stack([r[1] for r in reference])
                 kinds = np.array([r[2] for r in reference])
-                overall = nll_pixel_auroc(model, cfg, ref_images, normal_feats, normal_masks, ref_masks)
+                overall = nll_pixel_auroc(model, cfg, normal_feats, normal_masks, ref_feats, ref_masks)
                 per_kind = []
                 for kind in sorted(set(kinds)):
-                    sel = kinds == kind
-                    value = nll_pixel_auroc(model, cfg, ref_images[sel], normal_feats, normal_masks, ref_masks[sel])
+                    sel = torch.from_numpy(kinds == kind)
+                    value = nll_pixel_auroc(model, cfg, normal_feats, normal_masks, [f[sel] for f in ref_feats],
+                                            ref_masks[sel.numpy()])
                     per_kind.append(f"{kind} {value:.3f} ({int(sel.sum())})")
                 rises = "; ".join(f"{s}: " + " / ".join(f"{v:.3f}" for v in r)
                                   for s, r in zip(cfg.backbone.strides,
-                                                  nll_rise(model, normal_feats, extract(model.extractor, recipe_images),
-                                                           recipe_masks)))
+                                                  nll_rise(model, normal_feats, recipe_feats, recipe_masks)))
                 print(f"| {category} | {variant} | {seed} | {recipe:.3f} | {overall:.3f} | {', '.join(per_kind)} | "
                       f"{rises} |", flush=True)
 

@@ -49,6 +49,11 @@ def nll_maps(outputs: FlowOutputs) -> list[torch.Tensor]:
     return [0.5 * z.pow(2).sum(dim=1) - log_jac for z, log_jac in outputs]
 
 
+def position_nll(outputs: FlowOutputs) -> list[torch.Tensor]:
+    """Per scale, NLL per position and per feature dimension: ``[B, h, w]``."""
+    return [m / z.shape[1] for m, (z, _) in zip(nll_maps(outputs), outputs)]
+
+
 def image_nll(outputs: FlowOutputs) -> torch.Tensor:
     """NLL per image and per feature dimension, over every scale: ``[B]``."""
     total = sum(m.sum(dim=(1, 2)) for m in nll_maps(outputs))
@@ -135,11 +140,8 @@ def anchor_term(normal: FlowOutputs, synthetic: FlowOutputs, anchor: list[torch.
     """Mean rise of the synthetic NLL per dimension over the anchored positions, against the same position of
     the original image (its NLL detached: the original is not pulled up to meet it)."""
     rises, count = [], 0
-    for (zn, jn), (zs, js), where in zip(normal, synthetic, anchor):
-        channels = zn.shape[1]
-        nll_n = ((0.5 * zn.pow(2).sum(1) - jn) / channels).detach()
-        nll_s = (0.5 * zs.pow(2).sum(1) - js) / channels
-        rises.append(F.relu(nll_s - nll_n)[where].sum())
+    for nll_n, nll_s, where in zip(position_nll(normal), position_nll(synthetic), anchor):
+        rises.append(F.relu(nll_s - nll_n.detach())[where].sum())
         count += int(where.sum())
     return sum(rises) / max(count, 1)
 
@@ -206,10 +208,8 @@ def _mask_term(normal: FlowOutputs, synthetic: FlowOutputs, push: list[torch.Ten
     """The hinge summed over the pushed positions and divided by the number of ``covered`` ones (so a gate
     only removes terms, it does not push the rest harder); the share of covered positions under the margin."""
     gaps, counted = [], 0
-    for (zn, jn), (zs, js), where in zip(normal, synthetic, push):
-        channels = zn.shape[1]
-        reference = ((0.5 * zn.pow(2).sum(1) - jn) / channels).mean().detach()
-        pos_nll = (0.5 * zs.pow(2).sum(1) - js) / channels
+    for nll_n, pos_nll, where in zip(position_nll(normal), position_nll(synthetic), push):
+        reference = nll_n.mean().detach()
         if where.any():
             gap = F.relu(reference + margin - pos_nll[where])
             gaps.append(gap)
