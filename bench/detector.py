@@ -35,6 +35,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
 from ssnf.features import load_images, to_tensor
+from ssnf.metrics import paired_auroc_difference
 from ssnf.scoring import image_map_kind, resolve, score
 from ssnf.training import prepare_data, train, validate, with_overrides
 
@@ -106,9 +107,13 @@ def test_and_write(path: Path, category: str, variant: str, cfg: SSNFConfig, mod
     """Score the test split once and write the run's JSON (read by ``table``)."""
     t = time.perf_counter()
     ev = evaluate(model, cfg, samples)
+    root = Path(cfg.data.root)
+    images = [{"image": str(s.image.relative_to(root) if s.image.is_relative_to(root) else s.image),
+               "label": int(s.label), "defect": s.defect, "score": float(v)} for s, v in zip(ev.samples, ev.scores)]
     payload = {"category": category, "variant": variant, "seed": cfg.train.seed, "config": to_dict(cfg),
                "test": ev.metrics, "scoring": to_dict(ev.scoring), "test_eval_s": time.perf_counter() - t,
-               "history": history, **extra, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+               "history": history, **extra, "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads(),
+               "test_images": images}
     path.write_text(json.dumps(payload, indent=2))
     print(f"{category} / {variant} (pixel map {ev.scoring.map}, image {ev.scoring.image_score} of "
           f"{image_map_kind(ev.scoring)}): "
@@ -294,6 +299,30 @@ def print_seed_tables(rows: list[dict]) -> None:
             cells.append(f"{statistics.mean(diffs):+.3f} ({', '.join(f'{d:+.3f}' for d in diffs)})")
         ahead = sum(all(by_seed[s][m] > base[s][m] for m in METRICS) for s in seeds)
         print(f"| {category} | {variant} | {','.join(map(str, seeds))} | " + " | ".join(cells) + f" | {ahead}/{len(seeds)} |")
+    print_image_bootstrap(rows)
+
+
+def print_image_bootstrap(rows: list[dict]) -> None:
+    """Is a paired image-AUROC difference larger than which test images were collected? For each variant
+    against w = 0 at the same seed, a stratified paired bootstrap over the test images (10,000 rounds):
+    the difference, its 95 % interval and the share of rounds the variant is ahead. Runs scored before
+    the JSON kept per-image scores are left out (``rescore`` adds them)."""
+    scored = {(r["category"], r["variant"], r.get("seed", 0)): r["test_images"] for r in rows if r.get("test_images")}
+    pairs = [(k, v) for k, v in sorted(scored.items()) if k[1] != "w0" and (k[0], "w0", k[2]) in scored]
+    if not pairs:
+        return
+    print("\n| category | variant − w0 (image AUROC) | seed | difference | 95 % interval over test images "
+          "| rounds ahead |")
+    print("|---|---|---|---|---|---|")
+    for (category, variant, seed), images in pairs:
+        base = {i["image"]: i["score"] for i in scored[(category, "w0", seed)]}
+        if set(base) != {i["image"] for i in images}:
+            print(f"| {category} | {variant} | {seed} | (not the same test images as w0) | | |")
+            continue
+        out = paired_auroc_difference([i["label"] for i in images], [i["score"] for i in images],
+                                      [base[i["image"]] for i in images])
+        print(f"| {category} | {variant} | {seed} | {out['diff']:+.3f} | [{out['low']:+.3f}, {out['high']:+.3f}] "
+              f"| {out['a_ahead']:.0%} |")
 
 
 def main() -> None:

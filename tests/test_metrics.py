@@ -8,7 +8,7 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from ssnf.errors import MetricError
-from ssnf.metrics import aupro, compute_metrics, f1_max, image_auroc, pixel_auroc, pro_curve
+from ssnf.metrics import aupro, compute_metrics, f1_max, image_auroc, paired_auroc_difference, pixel_auroc, pro_curve
 
 
 # --- AUROC ---
@@ -158,3 +158,43 @@ def test_compute_metrics_bundles_all_four():
     assert set(out) == {"image_auroc", "image_f1_max", "pixel_auroc", "aupro"}
     assert out["image_auroc"] == 1.0 and out["pixel_auroc"] == 1.0 and out["aupro"] == 1.0
     assert set(compute_metrics(labels, maps.max(axis=(1, 2)))) == {"image_auroc", "image_f1_max"}
+
+
+# --- paired bootstrap of an AUROC difference ---
+
+def test_paired_auroc_difference_matches_the_two_aurocs_and_a_brute_force_bootstrap():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(12, bool), np.ones(30, bool)]
+    a = rng.normal(size=42) + labels * 1.0
+    b = np.round(rng.normal(size=42) + labels * 0.5, 1)  # ties inside b
+    out = paired_auroc_difference(labels, a, b, rounds=400, seed=5)
+    assert out["diff"] == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
+    # the same draws, resampled image by image and scored by scikit-learn
+    draw = np.random.default_rng(5)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    pos_counts = draw.multinomial(pos.size, np.full(pos.size, 1 / pos.size), size=400)
+    neg_counts = draw.multinomial(neg.size, np.full(neg.size, 1 / neg.size), size=400)
+    brute = []
+    for pc, nc in zip(pos_counts, neg_counts):
+        idx = np.r_[np.repeat(pos, pc), np.repeat(neg, nc)]
+        brute.append(roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx]))
+    assert out["low"] == pytest.approx(np.quantile(brute, 0.025))
+    assert out["high"] == pytest.approx(np.quantile(brute, 0.975))
+    assert out["a_ahead"] == pytest.approx(np.mean(np.array(brute) > 0))
+    assert out["low"] < out["diff"] < out["high"]
+
+
+def test_paired_auroc_difference_of_identical_rankings_is_exactly_zero():
+    labels = np.r_[np.zeros(5), np.ones(7)]
+    scores = np.arange(12.0)
+    out = paired_auroc_difference(labels, scores, scores * 3 + 1, rounds=50)
+    assert out == {"diff": 0.0, "low": 0.0, "high": 0.0, "a_ahead": 0.0}
+
+
+def test_paired_auroc_difference_refuses_mismatched_or_one_class_inputs():
+    with pytest.raises(MetricError, match="3 labels, 3 and 2 scores"):
+        paired_auroc_difference([0, 1, 1], [1, 2, 3], [1, 2])
+    with pytest.raises(MetricError, match="0 normal and 3 anomalous"):
+        paired_auroc_difference([1, 1, 1], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(MetricError, match="rounds=0"):
+        paired_auroc_difference([0, 1], [1, 2], [1, 2], rounds=0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ssnf.metrics.pro import aupro, pro_curve
-from ssnf.metrics.roc import auroc, f1_max, image_auroc, image_f1_max, pixel_auroc
+from ssnf.metrics.roc import auroc, f1_max, image_auroc, image_f1_max, paired_auroc_difference, pixel_auroc
 
-__all__ = ["aupro", "auroc", "compute_metrics", "f1_max", "image_auroc", "image_f1_max", "pixel_auroc", "pro_curve"]
+__all__ = ["aupro", "auroc", "compute_metrics", "f1_max", "image_auroc", "image_f1_max", "paired_auroc_difference",
+           "pixel_auroc", "pro_curve"]
 
 
 def compute_metrics(labels, image_scores, masks=None, maps=None) -> dict[str, float]:
