@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -314,15 +315,26 @@ def print_image_bootstrap(rows: list[dict]) -> None:
     print("\n| category | variant − w0 (image AUROC) | seed | difference | 95 % interval over test images "
           "| rounds ahead |")
     print("|---|---|---|---|---|---|")
+    paired: dict[tuple[str, str], dict[int, tuple]] = {}
     for (category, variant, seed), images in pairs:
         base = {i["image"]: i["score"] for i in scored[(category, "w0", seed)]}
         if set(base) != {i["image"] for i in images}:
             print(f"| {category} | {variant} | {seed} | (not the same test images as w0) | | |")
             continue
-        out = paired_auroc_difference([i["label"] for i in images], [i["score"] for i in images],
-                                      [base[i["image"]] for i in images])
-        print(f"| {category} | {variant} | {seed} | {out['diff']:+.3f} | [{out['low']:+.3f}, {out['high']:+.3f}] "
-              f"| {out['a_ahead']:.0%} |")
+        images = sorted(images, key=itemgetter("image"))
+        run = ([i["label"] for i in images], [i["score"] for i in images], [base[i["image"]] for i in images])
+        paired.setdefault((category, variant), {})[seed] = run
+        print_difference(category, variant, str(seed), paired_auroc_difference(*run))
+    for (category, variant), runs in paired.items():
+        if len(runs) > 1:  # every seed's pair on the same resampled images: the mean difference
+            seeds = sorted(runs)
+            out = paired_auroc_difference(runs[seeds[0]][0], [runs[s][1] for s in seeds], [runs[s][2] for s in seeds])
+            print_difference(category, variant, f"mean of {','.join(map(str, seeds))}", out)
+
+
+def print_difference(category: str, variant: str, seeds: str, out: dict) -> None:
+    print(f"| {category} | {variant} | {seeds} | {out['diff']:+.3f} | [{out['low']:+.3f}, {out['high']:+.3f}] "
+          f"| {out['a_ahead']:.0%} |")
 
 
 def main() -> None:

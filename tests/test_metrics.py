@@ -198,3 +198,18 @@ def test_paired_auroc_difference_refuses_mismatched_or_one_class_inputs():
         paired_auroc_difference([1, 1, 1], [1, 2, 3], [1, 2, 3])
     with pytest.raises(MetricError, match="rounds=0"):
         paired_auroc_difference([0, 1], [1, 2], [1, 2], rounds=0)
+
+
+def test_paired_auroc_difference_over_several_runs_is_the_mean_of_their_differences():
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(10, bool), np.ones(20, bool)]
+    a = rng.normal(size=(3, 30)) + labels
+    b = rng.normal(size=(3, 30)) + labels * 0.8
+    out = paired_auroc_difference(labels, a, b, rounds=200)
+    each = [roc_auc_score(labels, ra) - roc_auc_score(labels, rb) for ra, rb in zip(a, b)]
+    assert out["diff"] == pytest.approx(np.mean(each))
+    # one run alone gives what the one-dimensional call gives, on the same draws
+    assert paired_auroc_difference(labels, a[:1], b[:1], rounds=200) == paired_auroc_difference(labels, a[0], b[0],
+                                                                                               rounds=200)
+    with pytest.raises(MetricError, match="NaN"):
+        paired_auroc_difference(labels, np.where(np.arange(30) == 3, np.nan, a[0]), b[0])

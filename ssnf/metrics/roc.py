@@ -103,20 +103,24 @@ def paired_auroc_difference(labels, scores_a, scores_b, rounds: int = 10000, see
 
     Each round draws the anomalous and the normal images with replacement (their counts kept, as a
     test split's are) and scores both rankings on the same draw, so what the interval measures is how
-    much the difference depends on which test images happened to be collected. Returns ``diff`` (on all
-    images), ``low``/``high`` (the central ``level`` interval of the rounds) and ``a_ahead`` (the share of
-    rounds where ``a`` is strictly ahead). Test-image noise only: it says nothing about training seeds.
+    much the difference depends on which test images happened to be collected. Scores of shape ``[R, N]``
+    are ``R`` pairs of runs (training seeds) on the same ``N`` images: the difference is their mean, and
+    every round draws the same images for all of them. Returns ``diff`` (on all images), ``low``/``high``
+    (the central ``level`` interval of the rounds) and ``a_ahead`` (the share of rounds where ``a`` is
+    strictly ahead). Test-image noise only: the spread between training seeds is not in the interval.
     """
     y = as_labels(labels)
-    a, b = as_scores(scores_a, "scores_a"), as_scores(scores_b, "scores_b")
-    if not y.shape == a.shape == b.shape:
-        raise MetricError(f"paired AUROC: {y.size} labels, {a.size} and {b.size} scores")
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    a, b = (a, b) if a.ndim == 2 else (a.reshape(1, -1), b.reshape(1, -1))
+    if not (a.shape == b.shape and a.shape[1] == y.size):
+        raise MetricError(f"paired AUROC: {y.size} labels, {a.shape[-1]} and {b.shape[-1]} scores")
+    as_scores(a, "scores_a"), as_scores(b, "scores_b")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise MetricError(f"paired AUROC needs normal and anomalous samples; got {n_neg} normal and {n_pos} anomalous")
     if rounds < 1 or not 0.0 < level < 1.0:
         raise MetricError(f"paired AUROC: rounds={rounds} must be >= 1 and level={level} in (0, 1)")
-    delta = _pair_wins(y, a) - _pair_wins(y, b)  # [n_pos, n_neg]
+    delta = np.mean([_pair_wins(y, ra) - _pair_wins(y, rb) for ra, rb in zip(a, b)], axis=0)  # [n_pos, n_neg]
     rng = np.random.default_rng(seed)
     pos_counts = rng.multinomial(n_pos, np.full(n_pos, 1.0 / n_pos), size=rounds)  # [R, n_pos]
     neg_counts = rng.multinomial(n_neg, np.full(n_neg, 1.0 / n_neg), size=rounds)  # [R, n_neg]
