@@ -12,13 +12,18 @@ image AUROC depends on a shift validation cannot see, whatever the defects look 
 For each checkpoint, with the scoring it chose on validation: image-score quantiles of the training
 normals (seen in training), the normals held out from train/good, the normals the dataset ships as
 validation/good, the test's good images and each defect kind; the share of each group above the
-held-out normals' 95th percentile; and the image AUROC of each defect kind against the test's good
-images and against the held-out normals instead.
+held-out normals' 95th percentile; where the image score comes from (the median share of the top 1 %
+of the image-score map that lies off the object, ``object_region``, in categories that show one); and
+the image AUROC of each defect kind against the test's good images and against the held-out normals
+instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,17 +33,46 @@ from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.features import to_tensor
+from ssnf.config import ScoringConfig
 from ssnf.metrics import image_auroc
 from ssnf.scoring import image_map_kind, resolve, score
+from ssnf.synthesis.patches import object_region
+from ssnf.training import prepare_data, validate
 
 
 @torch.no_grad()
-def image_scores_of(model, samples, scoring, size: int, batch: int = 16) -> np.ndarray:
-    out = []
+def image_scores_of(model, samples, scoring, size: int,
+                    batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image scores; the share of the top 1 % of each image-score map off the object (NaN: no object); the
+    mean intensity (0-255) of each image's top 5 % of rows, background in tire's pictures."""
+    kind = image_map_kind(scoring)
+    as_pixel = dataclasses.replace(scoring, map=kind, image_map="pixel")  # score() then returns the image's map
+    scores, off, top_rows = [], [], []
     for start in range(0, len(samples), batch):
         images = np.stack([load_pair(s, size)[0] for s in samples[start:start + batch]])
-        out.append(score(model(to_tensor(images)), scoring, (size, size))[1].numpy())
-    return np.concatenate(out)
+        maps, batch_scores = score(model(to_tensor(images)), as_pixel, (size, size))
+        scores.append(batch_scores.numpy())
+        top_rows.extend(images[:, :max(1, size // 20)].reshape(len(images), -1).mean(axis=1, dtype=np.float64))
+        for image, m in zip(images, maps.numpy()):
+            region = object_region(image)
+            top = m >= np.quantile(m, 0.99)
+            off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
+    return np.concatenate(scores), np.array(off), np.array(top_rows)
+
+
+def scoring_of(path: str, ckpt) -> ScoringConfig:
+    """The checkpoint's validated scoring; for checkpoints saved before it was kept, the quality run's JSON
+    beside ``bench/results/checkpoints/<run>/``, else validation is run again (as ``detector.py rescore``)."""
+    if ckpt.model.scoring is not None:
+        return resolve(ckpt.config.scoring, ckpt.model.scoring)
+    run = Path(path).resolve().parent
+    record = run.parent.parent / f"quality-{run.name}.json"
+    if record.is_file():
+        return ScoringConfig(**json.loads(record.read_text())["scoring"])
+    cfg = ckpt.config
+    data = prepare_data(cfg, ckpt.model.extractor, make_splits(load_index(cfg.data), cfg.data))
+    validate(ckpt.model, data.validation, cfg, "cpu")
+    return resolve(cfg.scoring, ckpt.model.scoring)
 
 
 def groups_of(cfg) -> dict[str, list]:
@@ -61,23 +95,27 @@ def main() -> None:
     for path in args.checkpoints:
         ckpt = load_checkpoint(path)
         cfg, model = ckpt.config, ckpt.model.eval()
-        scoring = resolve(cfg.scoring, model.scoring)
-        scores = {name: image_scores_of(model, samples, scoring, cfg.data.image_size)
-                  for name, samples in groups_of(cfg).items()}
+        scoring = scoring_of(path, ckpt)
+        both = {name: image_scores_of(model, samples, scoring, cfg.data.image_size)
+                for name, samples in groups_of(cfg).items()}
+        scores = {name: b[0] for name, b in both.items()}
         held = scores["held-out normals"]
         bar = np.quantile(held, 0.95)
         print(f"\nDIAGNOSIS ON TEST ({cfg.data.category}, {path}; image score {scoring.image_score} of "
               f"{image_map_kind(scoring)}); defaults are not chosen from this.")
-        print("| group | images | median | 5 % | 95 % | share above held-out 95 % "
-              "| image AUROC vs test good | vs held-out normals |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| group | images | median | 5 % | 95 % | share above held-out 95 % | top 1 % off the object "
+              "| image AUROC vs test good | vs held-out normals | top rows' intensity |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name, s in scores.items():
             vs = ("", "")
             if name.startswith("test ") and name != "test good":
                 vs = tuple(f"{image_auroc(np.r_[np.zeros(len(n)), np.ones(len(s))], np.r_[n, s]):.3f}"
                            for n in (scores["test good"], held))
             q5, q50, q95 = np.quantile(s, [0.05, 0.5, 0.95])
-            print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {vs[0]} | {vs[1]} |")
+            off = both[name][1]
+            where = f"{np.nanmedian(off):.0%}" if np.isfinite(off).any() else "no object"
+            print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {where} "
+                  f"| {vs[0]} | {vs[1]} | {both[name][2].mean():.2f} ± {both[name][2].std():.2f} |")
         defects = np.concatenate([s for n, s in scores.items() if n.startswith("test ") and n != "test good"])
         for normals in ("test good", "held-out normals"):
             n = scores[normals]
