@@ -44,20 +44,23 @@ from ssnf.training import prepare_data, validate
 def image_scores_of(model, samples, scoring, size: int,
                     batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image scores; the share of the top 1 % of each image-score map off the object (NaN: no object); the
-    mean intensity (0-255) of each image's top 5 % of rows, background in tire's pictures."""
+    mean intensity (0-255) of each image's top 5 % of rows, background in tire's pictures; the image score
+    taken over the object only (the mean of the top 1 % of its pixels; the image score where none)."""
     kind = image_map_kind(scoring)
     as_pixel = dataclasses.replace(scoring, map=kind, image_map="pixel")  # score() then returns the image's map
-    scores, off, top_rows = [], [], []
+    scores, off, top_rows, on_object = [], [], [], []
     for start in range(0, len(samples), batch):
         images = np.stack([load_pair(s, size)[0] for s in samples[start:start + batch]])
         maps, batch_scores = score(model(to_tensor(images)), as_pixel, (size, size))
         scores.append(batch_scores.numpy())
         top_rows.extend(images[:, :max(1, size // 20)].reshape(len(images), -1).mean(axis=1, dtype=np.float64))
-        for image, m in zip(images, maps.numpy()):
+        for image, m, whole in zip(images, maps.numpy(), batch_scores.numpy()):
             region = object_region(image)
             top = m >= np.quantile(m, 0.99)
             off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
-    return np.concatenate(scores), np.array(off), np.array(top_rows)
+            inside = np.sort(m[region])[-max(1, int(0.01 * region.sum())):] if region is not None else None
+            on_object.append(float(whole) if inside is None else float(inside.mean()))
+    return np.concatenate(scores), np.array(off), np.array(top_rows), np.array(on_object)
 
 
 def scoring_of(path: str, ckpt) -> ScoringConfig:
@@ -116,11 +119,12 @@ def main() -> None:
             where = f"{np.nanmedian(off):.0%}" if np.isfinite(off).any() else "no object"
             print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {where} "
                   f"| {vs[0]} | {vs[1]} | {both[name][2].mean():.2f} ± {both[name][2].std():.2f} |")
-        defects = np.concatenate([s for n, s in scores.items() if n.startswith("test ") and n != "test good"])
-        for normals in ("test good", "held-out normals"):
-            n = scores[normals]
-            auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
-            print(f"all test defects against {normals}: image AUROC {auc:.3f}")
+        for column, what in ((0, "image AUROC"), (3, "image AUROC of the top 1 % over the object only")):
+            defects = np.concatenate([b[column] for n, b in both.items() if n.startswith("test ") and n != "test good"])
+            for normals in ("test good", "held-out normals"):
+                n = both[normals][column]
+                auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
+                print(f"all test defects against {normals}: {what} {auc:.3f}")
 
 
 if __name__ == "__main__":
