@@ -198,6 +198,8 @@ def test_paired_auroc_difference_refuses_mismatched_or_one_class_inputs():
         paired_auroc_difference([1, 1, 1], [1, 2, 3], [1, 2, 3])
     with pytest.raises(MetricError, match="rounds=0"):
         paired_auroc_difference([0, 1], [1, 2], [1, 2], rounds=0)
+    with pytest.raises(MetricError, match=r"shapes \(1, 1, 2\) and \(2,\)"):
+        paired_auroc_difference([0, 1], [[[1, 2]]], [1, 2])
 
 
 def test_paired_auroc_difference_over_several_runs_is_the_mean_of_their_differences():

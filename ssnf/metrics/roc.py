@@ -111,10 +111,13 @@ def paired_auroc_difference(labels, scores_a, scores_b, rounds: int = 10000, see
     """
     y = as_labels(labels)
     a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if a.ndim not in (1, 2) or b.ndim != a.ndim:
+        raise MetricError(f"paired AUROC: scores of shapes {a.shape} and {b.shape}; give [N] or [runs, N] each")
     a, b = (a, b) if a.ndim == 2 else (a.reshape(1, -1), b.reshape(1, -1))
     if not (a.shape == b.shape and a.shape[1] == y.size):
         raise MetricError(f"paired AUROC: {y.size} labels, {a.shape[-1]} and {b.shape[-1]} scores")
-    as_scores(a, "scores_a"), as_scores(b, "scores_b")
+    for scores, what in ((a, "scores_a"), (b, "scores_b")):
+        as_scores(scores, what)  # NaN or infinite scores are errors
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise MetricError(f"paired AUROC needs normal and anomalous samples; got {n_neg} normal and {n_pos} anomalous")
