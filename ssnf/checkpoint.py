@@ -58,12 +58,13 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
 def _migrate(config: dict) -> dict:
     """Fill keys that older ssnf versions did not write with what those versions did, not today's defaults."""
     loss = config.get("loss")
-    if isinstance(loss, dict) and "gate" not in loss:  # before the novelty gate: every covered position pushed
-        config = {**config, "loss": {**loss, "gate": "none"}}
-    loss = config.get("loss")
-    if isinstance(loss, dict) and "anchor" not in loss:  # before the anchor: nothing held
-        config = {**config, "loss": {**loss, "anchor": "none"}}
+    if isinstance(loss, dict):
+        # before the novelty gate every covered position was pushed; before the anchor nothing was held
+        config = {**config, "loss": {**LOSS_BEFORE, **loss}}
     return config
+
+
+LOSS_BEFORE = {"gate": "none", "anchor": "none"}  # loss keys older checkpoints lack, as those versions behaved
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
