@@ -14,8 +14,9 @@ threshold. It answers two questions the issue's "find out why" leaves about Patc
    AUPRO on the test split, as the flows report them.
 2. Does the session shift move it as it moves the flows? The same groups and figures as
    ``bench/normal_shift.py``: the share of the test's good images above the held-out normals' 95th
-   percentile, where the top 1 % of their map lies (off the object or on it), and the image AUROC of the
-   defects against the test's good images and against the held-out normals instead.
+   percentile, where the top 1 % of their map lies (off the object or on it), the image AUROC of the
+   defects against the test's good images and against the held-out normals instead, and the test split's
+   pixel AUROC / AUPRO with the map off the object set to its minimum.
 
 The training normals, held-out normals and test split are ssnf's own (``make_splits`` with the default
 seed), so the figures compare with ``bench/detector.py`` and ``bench/normal_shift.py`` run for run.
@@ -40,7 +41,7 @@ from ssnf.scoring import gaussian_blur
 from ssnf.synthesis.patches import object_region
 from ssnf.training import with_overrides
 
-from normal_shift import groups_of
+from normal_shift import groups_of, pixel_figures
 
 HERE = Path(__file__).resolve().parent
 SIGMA = 4.0  # PatchCore's (and anomalib's) smoothing of the upsampled map
@@ -85,8 +86,8 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
 
 
 def score_group(extractor, bank: torch.Tensor, samples, size: int, batch: int = 16):
-    """Maps ``[N, S, S]``, image scores, masks, and the share of each map's top 1 % off the object."""
-    maps, scores, masks, off = [], [], [], []
+    """Maps ``[N, S, S]``, image scores, masks, the share of each map's top 1 % off the object, and the images."""
+    maps, scores, masks, off, kept = [], [], [], [], []
     for start in range(0, len(samples), batch):
         pairs = [load_pair(s, size) for s in samples[start:start + batch]]
         images = np.stack([p[0] for p in pairs])
@@ -98,11 +99,12 @@ def score_group(extractor, bank: torch.Tensor, samples, size: int, batch: int = 
         maps.append(up.numpy())
         scores.append(dist.flatten(1).max(dim=1).values.numpy())
         masks.extend(p[1] for p in pairs)
+        kept.append(images)
         for image, m in zip(images, up.numpy()):
             region = object_region(image)
             top = m >= np.quantile(m, 0.99)
             off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
-    return np.concatenate(maps), np.concatenate(scores), np.stack(masks), np.array(off)
+    return np.concatenate(maps), np.concatenate(scores), np.stack(masks), np.array(off), np.concatenate(kept)
 
 
 def main() -> None:
@@ -135,7 +137,7 @@ def main() -> None:
     print("| group | images | median | 5 % | 95 % | share above held-out 95 % | top 1 % off the object "
           "| image AUROC vs test good | vs held-out normals |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, (_, s, _, off) in scored.items():
+    for name, (_, s, _, off, _) in scored.items():
         vs = ("", "")
         if name in test and name != "test good":
             vs = tuple(f"{image_auroc(np.r_[np.zeros(len(n)), np.ones(len(s))], np.r_[n, s]):.3f}"
@@ -149,6 +151,7 @@ def main() -> None:
         n = scored[normals][1]
         auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
         print(f"all test defects against {normals}: image AUROC {auc:.3f}")
+    print("test split: " + pixel_figures(*(np.concatenate([scored[n][i] for n in test]) for i in (0, 2, 4))))
 
 
 if __name__ == "__main__":
