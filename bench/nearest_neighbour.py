@@ -38,7 +38,7 @@ from ssnf.data.dataset import load_pair
 from ssnf.features import extract, load_images
 from ssnf.metrics import compute_metrics, image_auroc
 from ssnf.scoring import gaussian_blur
-from ssnf.synthesis.patches import object_region
+from ssnf.synthesis.patches import object_region, object_regions
 from ssnf.training import with_overrides
 
 from normal_shift import groups_of, pixel_figures
@@ -85,7 +85,7 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
     return torch.cat(out)
 
 
-def score_group(extractor, bank: torch.Tensor, samples, size: int, batch: int = 16):
+def score_group(extractor, bank: torch.Tensor, samples, size: int, objects: bool, batch: int = 16):
     """Maps ``[N, S, S]``, image scores, masks, the share of each map's top 1 % off the object, and the images."""
     maps, scores, masks, off, kept = [], [], [], [], []
     for start in range(0, len(samples), batch):
@@ -101,7 +101,7 @@ def score_group(extractor, bank: torch.Tensor, samples, size: int, batch: int = 
         masks.extend(p[1] for p in pairs)
         kept.append(images)
         for image, m in zip(images, up.numpy()):
-            region = object_region(image)
+            region = object_region(image) if objects else None
             top = m >= np.quantile(m, 0.99)
             off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
     return np.concatenate(maps), np.concatenate(scores), np.stack(masks), np.array(off), np.concatenate(kept)
@@ -118,13 +118,15 @@ def main() -> None:
     extractor = build_extractor(cfg.backbone)
     groups = groups_of(cfg)
     started = time.perf_counter()
-    train = embed(extractor, load_images(groups.pop("train normals"), size))
+    train_images = load_images(groups.pop("train normals"), size)
+    objects = any(r is not None for r in object_regions(train_images))
+    train = embed(extractor, train_images)
     bank = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).contiguous()
     full = len(bank)
     bank = greedy_coreset(bank, args.coreset)
     print(f"{args.category}: memory bank {len(bank)} of {full} positions ({args.coreset:.0%} coreset, "
           f"{bank.shape[1]} channels), built in {time.perf_counter() - started:.0f} s")
-    scored = {name: score_group(extractor, bank, samples, size) for name, samples in groups.items()}
+    scored = {name: score_group(extractor, bank, samples, size, objects) for name, samples in groups.items()}
     test = [n for n in scored if n.startswith("test ")]
     labels = np.concatenate([np.full(len(scored[n][1]), int(n != "test good")) for n in test])
     metrics = compute_metrics(labels, np.concatenate([scored[n][1] for n in test]),
@@ -151,7 +153,7 @@ def main() -> None:
         n = scored[normals][1]
         auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
         print(f"all test defects against {normals}: image AUROC {auc:.3f}")
-    print("test split: " + pixel_figures(*(np.concatenate([scored[n][i] for n in test]) for i in (0, 2, 4))))
+    print("test split: " + pixel_figures(*(np.concatenate([scored[n][i] for n in test]) for i in (0, 2, 4)), objects))
 
 
 if __name__ == "__main__":

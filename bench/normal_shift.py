@@ -33,16 +33,16 @@ from ssnf.checkpoint import load_checkpoint
 from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
-from ssnf.features import to_tensor
+from ssnf.features import load_images, to_tensor
 from ssnf.config import ScoringConfig
 from ssnf.metrics import aupro, image_auroc, pixel_auroc
 from ssnf.scoring import image_map_kind, resolve, score
-from ssnf.synthesis.patches import object_region
+from ssnf.synthesis.patches import object_region, object_regions
 from ssnf.training import prepare_data, validate
 
 
 @torch.no_grad()
-def image_scores_of(model, samples, scoring, size: int,
+def image_scores_of(model, samples, scoring, size: int, objects: bool,
                     batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image scores; the share of the top 1 % of each image-score map off the object (NaN: no object); the
     mean intensity (0-255) of each image's top 5 % of rows, background in tire's pictures; the image score
@@ -56,7 +56,7 @@ def image_scores_of(model, samples, scoring, size: int,
         scores.append(batch_scores.numpy())
         top_rows.extend(images[:, :max(1, size // 20)].reshape(len(images), -1).mean(axis=1, dtype=np.float64))
         for image, m, whole in zip(images, maps.numpy(), batch_scores.numpy()):
-            region = object_region(image)
+            region = object_region(image) if objects else None
             top = m >= np.quantile(m, 0.99)
             off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
             inside = np.sort(m[region])[-max(1, int(0.01 * region.sum())):] if region is not None else None
@@ -64,9 +64,17 @@ def image_scores_of(model, samples, scoring, size: int,
     return np.concatenate(scores), np.array(off), np.array(top_rows), np.array(on_object)
 
 
-def pixel_figures(maps: np.ndarray, masks: np.ndarray, images: np.ndarray) -> str:
+def has_objects(samples, size: int) -> bool:
+    """Whether the category shows objects on a background, decided once from its training normals as training
+    and the reference set decide it (``object_regions``): a texture's per-image regions are spurious."""
+    return any(r is not None for r in object_regions(load_images(samples, size)))
+
+
+def pixel_figures(maps: np.ndarray, masks: np.ndarray, images: np.ndarray, objects: bool) -> str:
     """Pixel AUROC / AUPRO of test ``maps`` as they are, and with every pixel off the object (``object_region``)
-    set to the maps' minimum: how much of the localisation error lies on the background."""
+    set to the maps' minimum: how much of the localisation error lies on the background (objects only)."""
+    if not objects:
+        return f"whole image: pixel AUROC {pixel_auroc(masks, maps):.3f}, AUPRO {aupro(masks, maps):.3f} (a texture)"
     on = maps.copy()
     for m, image in zip(on, images):
         region = object_region(image)
@@ -127,8 +135,10 @@ def main() -> None:
         ckpt = load_checkpoint(path)
         cfg, model = ckpt.config, ckpt.model.eval()
         scoring = scoring_of(path, ckpt)
-        both = {name: image_scores_of(model, samples, scoring, cfg.data.image_size)
-                for name, samples in groups_of(cfg).items()}
+        groups = groups_of(cfg)
+        objects = has_objects(groups["train normals"], cfg.data.image_size)
+        both = {name: image_scores_of(model, samples, scoring, cfg.data.image_size, objects)
+                for name, samples in groups.items()}
         scores = {name: b[0] for name, b in both.items()}
         held = scores["held-out normals"]
         bar = np.quantile(held, 0.95)
@@ -154,7 +164,7 @@ def main() -> None:
                 auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
                 print(f"all test defects against {normals}: {what} {auc:.3f}")
         test = make_splits(load_index(cfg.data), cfg.data).test
-        print(f"test split, {scoring.map} map: {pixel_figures(*test_maps(model, test, scoring, cfg.data.image_size))}")
+        print(f"test split, {scoring.map} map: {pixel_figures(*test_maps(model, test, scoring, cfg.data.image_size), objects)}")
 
 
 if __name__ == "__main__":
