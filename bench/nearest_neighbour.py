@@ -36,12 +36,12 @@ from ssnf.backbones.extractor import build_extractor
 from ssnf.config import SSNFConfig
 from ssnf.data.dataset import load_pair
 from ssnf.features import extract, load_images
-from ssnf.metrics import compute_metrics, image_auroc
+from ssnf.metrics import compute_metrics
 from ssnf.scoring import gaussian_blur
-from ssnf.synthesis.patches import object_region, object_regions
+from ssnf.synthesis.patches import object_region
 from ssnf.training import with_overrides
 
-from normal_shift import groups_of, pixel_figures
+from normal_shift import Scored, groups_of, has_objects, off_object, pixel_figures, print_groups
 
 HERE = Path(__file__).resolve().parent
 SIGMA = 4.0  # PatchCore's (and anomalib's) smoothing of the upsampled map
@@ -85,9 +85,9 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 409
     return torch.cat(out)
 
 
-def score_group(extractor, bank: torch.Tensor, samples, size: int, objects: bool, batch: int = 16):
-    """Maps ``[N, S, S]``, image scores, masks, the share of each map's top 1 % off the object, and the images."""
-    maps, scores, masks, off, kept = [], [], [], [], []
+def score_group(extractor, bank: torch.Tensor, samples, size: int, objects: bool, batch: int = 16) -> Scored:
+    """The group's figures under the nearest-neighbour score: maps, image scores, masks and object regions."""
+    maps, scores, masks, off, regions = [], [], [], [], []
     for start in range(0, len(samples), batch):
         pairs = [load_pair(s, size) for s in samples[start:start + batch]]
         images = np.stack([p[0] for p in pairs])
@@ -95,16 +95,14 @@ def score_group(extractor, bank: torch.Tensor, samples, size: int, objects: bool
         n, c, h, w = emb.shape
         dist = nearest_distance(emb.permute(0, 2, 3, 1).reshape(-1, c), bank).view(n, h, w)
         up = gaussian_blur(F.interpolate(dist[:, None], size=(size, size), mode="bilinear",
-                                         align_corners=False)[:, 0], SIGMA)
-        maps.append(up.numpy())
+                                         align_corners=False)[:, 0], SIGMA).numpy()
+        maps.append(up)
         scores.append(dist.flatten(1).max(dim=1).values.numpy())
         masks.extend(p[1] for p in pairs)
-        kept.append(images)
-        for image, m in zip(images, up.numpy()):
-            region = object_region(image) if objects else None
-            top = m >= np.quantile(m, 0.99)
-            off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
-    return np.concatenate(maps), np.concatenate(scores), np.stack(masks), np.array(off), np.concatenate(kept)
+        batch_regions = [object_region(image) if objects else None for image in images]
+        regions.extend(batch_regions)
+        off.extend(off_object(m, region) for m, region in zip(up, batch_regions))
+    return Scored(np.concatenate(scores), np.array(off), np.concatenate(maps), np.stack(masks), regions)
 
 
 def main() -> None:
@@ -119,7 +117,7 @@ def main() -> None:
     groups = groups_of(cfg)
     started = time.perf_counter()
     train_images = load_images(groups.pop("train normals"), size)
-    objects = any(r is not None for r in object_regions(train_images))
+    objects = has_objects(train_images)
     train = embed(extractor, train_images)
     bank = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).contiguous()
     full = len(bank)
@@ -127,33 +125,16 @@ def main() -> None:
     print(f"{args.category}: memory bank {len(bank)} of {full} positions ({args.coreset:.0%} coreset, "
           f"{bank.shape[1]} channels), built in {time.perf_counter() - started:.0f} s")
     scored = {name: score_group(extractor, bank, samples, size, objects) for name, samples in groups.items()}
-    test = [n for n in scored if n.startswith("test ")]
-    labels = np.concatenate([np.full(len(scored[n][1]), int(n != "test good")) for n in test])
-    metrics = compute_metrics(labels, np.concatenate([scored[n][1] for n in test]),
-                              np.concatenate([scored[n][2] for n in test]), np.concatenate([scored[n][0] for n in test]))
+    test = [g for n, g in scored.items() if n.startswith("test ")]
+    labels = np.concatenate([np.full(len(g.scores), int(n != "test good")) for n, g in scored.items()
+                             if n.startswith("test ")])
+    metrics = compute_metrics(labels, np.concatenate([g.scores for g in test]), np.concatenate([g.masks for g in test]),
+                              np.concatenate([g.maps for g in test]))
     print(f"TEST ({args.category}, nearest neighbour on mobilenetv2_100 strides 8+16, 256 px, max image score): "
           f"image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}, "
           f"AUPRO {metrics['aupro']:.3f}; {time.perf_counter() - started:.0f} s in all")
-    held = scored["held-out normals"][1]
-    bar = np.quantile(held, 0.95)
-    print("| group | images | median | 5 % | 95 % | share above held-out 95 % | top 1 % off the object "
-          "| image AUROC vs test good | vs held-out normals |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, (_, s, _, off, _) in scored.items():
-        vs = ("", "")
-        if name in test and name != "test good":
-            vs = tuple(f"{image_auroc(np.r_[np.zeros(len(n)), np.ones(len(s))], np.r_[n, s]):.3f}"
-                       for n in (scored["test good"][1], held))
-        q5, q50, q95 = np.quantile(s, [0.05, 0.5, 0.95])
-        where = f"{np.nanmedian(off):.0%}" if np.isfinite(off).any() else "no object"
-        print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {where} "
-              f"| {vs[0]} | {vs[1]} |")
-    defects = np.concatenate([scored[n][1] for n in test if n != "test good"])
-    for normals in ("test good", "held-out normals"):
-        n = scored[normals][1]
-        auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
-        print(f"all test defects against {normals}: image AUROC {auc:.3f}")
-    print("test split: " + pixel_figures(*(np.concatenate([scored[n][i] for n in test]) for i in (0, 2, 4)), objects))
+    print_groups(scored)
+    print("test split: " + pixel_figures(scored, objects))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -41,62 +42,107 @@ from ssnf.synthesis.patches import object_region, object_regions
 from ssnf.training import prepare_data, validate
 
 
+@dataclasses.dataclass
+class Scored:
+    """One group of images under one detector: image scores, the share of the top 1 % of each image-score map
+    off the object (NaN: no object), and for the test groups the pixel maps, masks and object regions."""
+
+    scores: np.ndarray
+    off: np.ndarray
+    maps: np.ndarray | None = None
+    masks: np.ndarray | None = None
+    regions: list | None = None
+    top_rows: np.ndarray | None = None  # mean intensity of each image's top 5 % of rows (tire's background)
+    on_object: np.ndarray | None = None  # the image score taken over the object only
+
+
+def off_object(m: np.ndarray, region: np.ndarray | None) -> float:
+    """The share of the top 1 % of map ``m`` that lies off ``region`` (NaN: no object)."""
+    if region is None:
+        return np.nan
+    top = m >= np.quantile(m, 0.99)
+    return float((top & ~region).sum() / top.sum())
+
+
 @torch.no_grad()
-def image_scores_of(model, samples, scoring, size: int, objects: bool,
-                    batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image scores; the share of the top 1 % of each image-score map off the object (NaN: no object); the
-    mean intensity (0-255) of each image's top 5 % of rows, background in tire's pictures; the image score
-    taken over the object only (the mean of the top 1 % of its pixels; the image score where none)."""
+def image_scores_of(model, samples, scoring, size: int, objects: bool, pixel: bool, batch: int = 16) -> Scored:
+    """The group's figures under a flow model (``pixel``: keep its chosen pixel maps, masks and regions); the
+    image score over the object only is the mean of the top 1 % of its pixels (the image score where none)."""
     kind = image_map_kind(scoring)
     as_pixel = dataclasses.replace(scoring, map=kind, image_map="pixel")  # score() then returns the image's map
-    scores, off, top_rows, on_object = [], [], [], []
+    scores, off, top_rows, on_object, maps, masks, regions = [], [], [], [], [], [], []
     for start in range(0, len(samples), batch):
-        images = np.stack([load_pair(s, size)[0] for s in samples[start:start + batch]])
-        maps, batch_scores = score(model(to_tensor(images)), as_pixel, (size, size))
+        pairs = [load_pair(s, size) for s in samples[start:start + batch]]
+        images = np.stack([p[0] for p in pairs])
+        outputs = model(to_tensor(images))
+        image_maps, batch_scores = score(outputs, as_pixel, (size, size))
         scores.append(batch_scores.numpy())
         top_rows.extend(images[:, :max(1, size // 20)].reshape(len(images), -1).mean(axis=1, dtype=np.float64))
-        for image, m, whole in zip(images, maps.numpy(), batch_scores.numpy()):
-            region = object_region(image) if objects else None
-            top = m >= np.quantile(m, 0.99)
-            off.append(np.nan if region is None else float((top & ~region).sum() / top.sum()))
+        batch_regions = [object_region(image) if objects else None for image in images]
+        for region, m, whole in zip(batch_regions, image_maps.numpy(), batch_scores.numpy()):
+            off.append(off_object(m, region))
             inside = np.sort(m[region])[-max(1, int(0.01 * region.sum())):] if region is not None else None
             on_object.append(float(whole) if inside is None else float(inside.mean()))
-    return np.concatenate(scores), np.array(off), np.array(top_rows), np.array(on_object)
+        if pixel:
+            maps.append(score(outputs, scoring, (size, size))[0].numpy())
+            masks.extend(p[1] for p in pairs)
+            regions.extend(batch_regions)
+    return Scored(np.concatenate(scores), np.array(off), np.concatenate(maps) if pixel else None,
+                  np.stack(masks) if pixel else None, regions if pixel else None, np.array(top_rows),
+                  np.array(on_object))
 
 
-def has_objects(samples, size: int) -> bool:
+def has_objects(images: np.ndarray) -> bool:
     """Whether the category shows objects on a background, decided once from its training normals as training
     and the reference set decide it (``object_regions``): a texture's per-image regions are spurious."""
-    return any(r is not None for r in object_regions(load_images(samples, size)))
+    return any(r is not None for r in object_regions(images))
 
 
-def pixel_figures(maps: np.ndarray, masks: np.ndarray, images: np.ndarray, objects: bool) -> str:
-    """Pixel AUROC / AUPRO of test ``maps`` as they are, and with every pixel off the object (``object_region``)
-    set to the maps' minimum: how much of the localisation error lies on the background (objects only)."""
+def separation(normals: np.ndarray, defects: np.ndarray) -> float:
+    """Image AUROC of ``defects`` against ``normals``."""
+    return image_auroc(np.r_[np.zeros(len(normals)), np.ones(len(defects))], np.r_[normals, defects])
+
+
+def print_groups(scored: dict[str, Scored], extra: str = "", cells: dict[str, str] | None = None) -> None:
+    """The table of every group (``extra``: one more column, its ``cells`` by group), then every test
+    defect against the test's good images and against the held-out normals."""
+    held = scored["held-out normals"].scores
+    bar = np.quantile(held, 0.95)
+    defective = [n for n in scored if n.startswith("test ") and n != "test good"]
+    print("| group | images | median | 5 % | 95 % | share above held-out 95 % | top 1 % off the object "
+          "| image AUROC vs test good | vs held-out normals |" + (f" {extra} |" if extra else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""))
+    for name, group in scored.items():
+        s = group.scores
+        vs = [f"{separation(n, s):.3f}" for n in (scored["test good"].scores, held)] if name in defective else ["", ""]
+        q5, q50, q95 = np.quantile(s, [0.05, 0.5, 0.95])
+        where = f"{np.nanmedian(group.off):.0%}" if np.isfinite(group.off).any() else "no object"
+        print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {where} "
+              f"| {vs[0]} | {vs[1]} |" + (f" {cells[name]} |" if extra else ""))
+    print_against(scored, "image AUROC", attrgetter("scores"))
+
+
+def print_against(scored: dict[str, Scored], what: str, column) -> None:
+    defects = np.concatenate([column(g) for n, g in scored.items() if n.startswith("test ") and n != "test good"])
+    for normals in ("test good", "held-out normals"):
+        print(f"all test defects against {normals}: {what} {separation(column(scored[normals]), defects):.3f}")
+
+
+def pixel_figures(scored: dict[str, Scored], objects: bool) -> str:
+    """Pixel AUROC / AUPRO of the test groups' maps as they are, and with every pixel off the object set to
+    the maps' minimum: how much of the localisation error lies on the background (objects only)."""
+    test = [g for n, g in scored.items() if n.startswith("test ")]
+    maps, masks = np.concatenate([g.maps for g in test]), np.concatenate([g.masks for g in test])
     if not objects:
         return f"whole image: pixel AUROC {pixel_auroc(masks, maps):.3f}, AUPRO {aupro(masks, maps):.3f} (a texture)"
     on = maps.copy()
-    for m, image in zip(on, images):
-        region = object_region(image)
+    for m, region in zip(on, (r for g in test for r in g.regions)):
         if region is not None:
             m[~region] = maps.min()
     figures = []
     for what, m in (("whole image", maps), ("off the object set to the minimum", on)):
         figures.append(f"{what}: pixel AUROC {pixel_auroc(masks, m):.3f}, AUPRO {aupro(masks, m):.3f}")
     return "; ".join(figures)
-
-
-@torch.no_grad()
-def test_maps(model, samples, scoring, size: int, batch: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The chosen pixel maps of ``samples``, their masks and images."""
-    maps, masks, images = [], [], []
-    for start in range(0, len(samples), batch):
-        pairs = [load_pair(s, size) for s in samples[start:start + batch]]
-        batch_images = np.stack([p[0] for p in pairs])
-        maps.append(score(model(to_tensor(batch_images)), scoring, (size, size))[0].numpy())
-        masks.extend(p[1] for p in pairs)
-        images.append(batch_images)
-    return np.concatenate(maps), np.stack(masks), np.concatenate(images)
 
 
 def scoring_of(path: str, ckpt) -> ScoringConfig:
@@ -136,35 +182,16 @@ def main() -> None:
         cfg, model = ckpt.config, ckpt.model.eval()
         scoring = scoring_of(path, ckpt)
         groups = groups_of(cfg)
-        objects = has_objects(groups["train normals"], cfg.data.image_size)
-        both = {name: image_scores_of(model, samples, scoring, cfg.data.image_size, objects)
-                for name, samples in groups.items()}
-        scores = {name: b[0] for name, b in both.items()}
-        held = scores["held-out normals"]
-        bar = np.quantile(held, 0.95)
+        objects = has_objects(load_images(groups["train normals"], cfg.data.image_size))
+        scored = {name: image_scores_of(model, samples, scoring, cfg.data.image_size, objects,
+                                        pixel=name.startswith("test "))
+                  for name, samples in groups.items()}
         print(f"\nDIAGNOSIS ON TEST ({cfg.data.category}, {path}; image score {scoring.image_score} of "
               f"{image_map_kind(scoring)}); defaults are not chosen from this.")
-        print("| group | images | median | 5 % | 95 % | share above held-out 95 % | top 1 % off the object "
-              "| image AUROC vs test good | vs held-out normals | top rows' intensity |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, s in scores.items():
-            vs = ("", "")
-            if name.startswith("test ") and name != "test good":
-                vs = tuple(f"{image_auroc(np.r_[np.zeros(len(n)), np.ones(len(s))], np.r_[n, s]):.3f}"
-                           for n in (scores["test good"], held))
-            q5, q50, q95 = np.quantile(s, [0.05, 0.5, 0.95])
-            off = both[name][1]
-            where = f"{np.nanmedian(off):.0%}" if np.isfinite(off).any() else "no object"
-            print(f"| {name} | {len(s)} | {q50:.3f} | {q5:.3f} | {q95:.3f} | {(s > bar).mean():.0%} | {where} "
-                  f"| {vs[0]} | {vs[1]} | {both[name][2].mean():.2f} ± {both[name][2].std():.2f} |")
-        for column, what in ((0, "image AUROC"), (3, "image AUROC of the top 1 % over the object only")):
-            defects = np.concatenate([b[column] for n, b in both.items() if n.startswith("test ") and n != "test good"])
-            for normals in ("test good", "held-out normals"):
-                n = both[normals][column]
-                auc = image_auroc(np.r_[np.zeros(len(n)), np.ones(len(defects))], np.r_[n, defects])
-                print(f"all test defects against {normals}: {what} {auc:.3f}")
-        test = make_splits(load_index(cfg.data), cfg.data).test
-        print(f"test split, {scoring.map} map: {pixel_figures(*test_maps(model, test, scoring, cfg.data.image_size), objects)}")
+        print_groups(scored, "top rows' intensity",
+                     {n: f"{g.top_rows.mean():.2f} ± {g.top_rows.std():.2f}" for n, g in scored.items()})
+        print_against(scored, "image AUROC of the top 1 % over the object only", attrgetter("on_object"))
+        print(f"test split, {scoring.map} map: {pixel_figures(scored, objects)}")
 
 
 if __name__ == "__main__":
