@@ -1,6 +1,6 @@
 """The design experiment behind ssnf's loss and scoring defaults, on *validation* only.
 
-    .venv/bin/python bench/design_validation.py loss    --category tire [--epochs 6]
+    .venv/bin/python bench/design_validation.py loss    --category tire [--epochs 6] [--variants default,w0] [--noise 0,0.1]
     .venv/bin/python bench/design_validation.py scoring --category tire [--epochs 6]
 
 A cheap flow (4 couplings, hidden 64; everything else default) is trained per loss variant and scored
@@ -20,6 +20,7 @@ from ssnf.features import load_images
 from ssnf.training import build_validation, train, validate, with_overrides
 
 LOSS_VARIANTS = {
+    "default": {},  # today's default loss (mask w 0.2, novelty gate, anchor)
     "w0": {"weight": 0.0},
     "constrained_w1_nocap": {"weight": 1.0, "form": "constrained", "cap": 0.0},
     "constrained_w1_cap1": {"weight": 1.0, "form": "constrained", "cap": 1.0},
@@ -37,9 +38,11 @@ KEEP = ("epoch", "loss", "normal", "synthetic", "active", "novel", "val_image_au
         "train_s", "gate_s")
 
 
-def cheap(data_root: str, category: str, epochs: int, loss: dict, model: dict | None = None) -> SSNFConfig:
+def cheap(data_root: str, category: str, epochs: int, loss: dict, model: dict | None = None,
+          noise: float = 0.0) -> SSNFConfig:
     return with_overrides(SSNFConfig(), data={"root": data_root, "category": category}, loss=loss,
-                          model={"couplings": 4, "hidden": 64, **(model or {})}, train={"epochs": epochs})
+                          model={"couplings": 4, "hidden": 64, **(model or {})},
+                          train={"epochs": epochs, "feature_noise": noise})
 
 
 def main() -> None:
@@ -50,13 +53,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--variants", default="")
     parser.add_argument("--models", default="plain", help="comma-separated: plain, position")
+    parser.add_argument("--noise", default="0", help="comma-separated train.feature_noise values")
     args = parser.parse_args()
     names = args.variants.split(",") if args.variants else (
         list(LOSS_VARIANTS) if args.what == "loss" else ["w0", "mask_w0.2_m1"])
-    runs = [(n, m) for m in args.models.split(",") for n in names]
-    for loss_name, model_name in runs:
-        name = f"{loss_name}/{model_name}"
-        cfg = cheap(args.data_root, args.category, args.epochs, LOSS_VARIANTS[loss_name], MODEL_VARIANTS[model_name])
+    noises = [float(v) for v in args.noise.split(",")]
+    runs = [(n, m, s) for s in noises for m in args.models.split(",") for n in names]
+    for loss_name, model_name, noise in runs:
+        name = f"{loss_name}/{model_name}" + (f"/noise{noise:g}" if noise else "")
+        cfg = cheap(args.data_root, args.category, args.epochs, LOSS_VARIANTS[loss_name], MODEL_VARIANTS[model_name],
+                    noise)
         result = train(cfg, progress=False, callback=lambda r, _, n=name: print(
             n, json.dumps({k: round(r[k], 4) for k in KEEP if k in r}), flush=True))
         if args.what != "scoring":

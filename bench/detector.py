@@ -70,6 +70,8 @@ VARIANTS = {
     "gated": {"loss": {"anchor": "none"}},
     # the default since the anchor (loss.anchor=unchanged), spelled out
     "anchor": {"loss": {"anchor": "unchanged"}},
+    # the default with Gaussian noise of 0.2 channel standard deviations on the flows' training inputs
+    "noise0.2": {"train": {"feature_noise": 0.2}},
 }
 
 

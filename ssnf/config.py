@@ -210,6 +210,8 @@ class TrainConfig:
     val_every: int = 1  # validate every this many epochs (and always after the last)
     feature_cache: bool = True  # normal images' backbone features computed once and kept on disk;
     # False: the backbone runs on every normal batch at every step (the slow baseline)
+    feature_noise: float = 0.0  # Gaussian noise added to the flows' training inputs, in units of each channel's
+    # standard deviation over the training features (0: none); regularises the density where features barely vary
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda
 
@@ -220,6 +222,8 @@ class TrainConfig:
             )
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be positive")
+        if not 0.0 <= self.feature_noise < 10.0:
+            raise ConfigError(f"train.feature_noise={self.feature_noise} must lie in [0, 10)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
 

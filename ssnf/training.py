@@ -232,6 +232,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     splits, train_images, val = data.splits, data.train_images, data.validation
     train_feats: list[torch.Tensor] | None = data.train_features
     model.fit_norms([f.to(device) for f in train_feats])
+    noise_std = [cfg.train.feature_noise * f.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device) for f in train_feats]
     if not cfg.train.feature_cache:  # the baseline the cache is measured against: backbone at every step
         train_feats = None
 
@@ -281,7 +282,10 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 t = time.perf_counter()
                 normal_feats = model.extractor(to_tensor(train_images[idx], device))
                 t_backbone += time.perf_counter() - t
-            normal = model.flow_features(normal_feats)
+            noise = None
+            if cfg.train.feature_noise > 0:  # one draw per batch row, shared by a normal image and its synthetic copy
+                noise = [torch.randn_like(f) * s for f, s in zip(normal_feats, noise_std)]
+            normal = model.flow_features(_noisy(normal_feats, noise))
             synthetic, masks, push, anchor = None, None, None, None
             if synthetic_on:
                 if pool_feats is not None:
@@ -296,7 +300,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                     synth_feats = model.extractor(to_tensor(images, device))
                     t_backbone += time.perf_counter() - t
                     masks = torch.from_numpy(mask_np)[:, None].to(device)
-                synthetic = model.flow_features(synth_feats)
+                synthetic = model.flow_features(_noisy(synth_feats, noise))
                 t = time.perf_counter()
                 push = gate_positions(cfg.loss, masks, normal_feats, synth_feats)
                 t_gate += time.perf_counter() - t if push is not None else 0.0
@@ -338,6 +342,11 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     timings["total_s"] = time.perf_counter() - t_start
     model.eval()
     return TrainResult(model, cfg, splits, history, timings)
+
+
+def _noisy(features: list[torch.Tensor], noise: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """The flows' training inputs: the features plus ``train.feature_noise`` (the gate and the anchor see them clean)."""
+    return features if noise is None else [f + n[:len(f)] for f, n in zip(features, noise)]
 
 
 def with_overrides(cfg: SSNFConfig, **sections) -> SSNFConfig:

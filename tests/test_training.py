@@ -266,3 +266,39 @@ def test_checkpoints_from_before_the_anchor_load_unanchored(tiny, tmp_path):
     torch.save(payload, path)
     loss = load_checkpoint(path).config.loss
     assert tiny.loss.anchor == "unchanged" and loss.anchor == "none" and loss.anchor_tol == tiny.loss.anchor_tol
+
+
+def test_feature_noise_reaches_the_flows_only(tiny, monkeypatch):
+    """``train.feature_noise``: the flows train on noisy features (one draw shared by a normal image and its
+    synthetic copy, so the anchor compares like with like); the gate and the anchor see the clean ones."""
+    flow_inputs, anchor_inputs = [], []
+    real_flow, real_anchor = training.SSNFModel.flow_features, training.anchor_positions
+
+    def flow_spy(self, features):
+        if self.training:
+            flow_inputs.append([f.detach().clone() for f in features])
+        return real_flow(self, features)
+
+    def anchor_spy(cfg, normal_feats, synthetic_feats):
+        anchor_inputs.append((normal_feats[0].clone(), synthetic_feats[0].clone()))
+        return real_anchor(cfg, normal_feats, synthetic_feats)
+
+    monkeypatch.setattr(training.SSNFModel, "flow_features", flow_spy)
+    monkeypatch.setattr(training, "anchor_positions", anchor_spy)
+    one = {"epochs": 1, "val_every": 1}
+    clean = train(with_overrides(tiny, train=one), progress=False)
+    clean_inputs, flow_inputs[:] = list(flow_inputs), []
+    noisy = train(with_overrides(tiny, train={**one, "feature_noise": 0.5}), progress=False)
+    normal_clean, normal_noisy = clean_inputs[0][0], flow_inputs[0][0]
+    synth_noisy = flow_inputs[1][0]
+    clean_normal, clean_synth = anchor_inputs[-len(anchor_inputs) // 2]
+    # the same batch (the noise draws from torch, the batch order from numpy): clean at the anchor, noisy at the flow
+    assert torch.equal(clean_normal, normal_clean)
+    noise = normal_noisy - normal_clean
+    # in units of each channel's spread over the training features (what the fixed norm divides by): N(0, 0.5^2)
+    standardised = noise * noisy.model.flows[0].norm.log_scale.exp() / 0.5
+    assert abs(float(standardised.mean())) < 0.05 and abs(float(standardised.std()) - 1.0) < 0.05
+    torch.testing.assert_close(synth_noisy - clean_synth, noise)  # the synthetic copy got the same draw
+    assert noisy.history[-1]["loss"] != clean.history[-1]["loss"]
+    with pytest.raises(ConfigError, match="train.feature_noise=-1"):
+        with_overrides(tiny, train={"feature_noise": -1.0}).validate()

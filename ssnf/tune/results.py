@@ -34,7 +34,7 @@ from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.tune.overrides import trial_config
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
