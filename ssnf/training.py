@@ -232,7 +232,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     splits, train_images, val = data.splits, data.train_images, data.validation
     train_feats: list[torch.Tensor] | None = data.train_features
     model.fit_norms([f.to(device) for f in train_feats])
-    noise_std = [cfg.train.feature_noise * f.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device) for f in train_feats]
+    noise_std = [cfg.train.feature_noise * f.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+                 for f in train_feats] if cfg.train.feature_noise > 0 else []
     if not cfg.train.feature_cache:  # the baseline the cache is measured against: backbone at every step
         train_feats = None
 

@@ -287,11 +287,11 @@ def test_feature_noise_reaches_the_flows_only(tiny, monkeypatch):
     monkeypatch.setattr(training, "anchor_positions", anchor_spy)
     one = {"epochs": 1, "val_every": 1}
     clean = train(with_overrides(tiny, train=one), progress=False)
-    clean_inputs, flow_inputs[:] = list(flow_inputs), []
+    clean_inputs, flow_inputs[:], first_noisy_step = list(flow_inputs), [], len(anchor_inputs)
     noisy = train(with_overrides(tiny, train={**one, "feature_noise": 0.5}), progress=False)
     normal_clean, normal_noisy = clean_inputs[0][0], flow_inputs[0][0]
     synth_noisy = flow_inputs[1][0]
-    clean_normal, clean_synth = anchor_inputs[-len(anchor_inputs) // 2]
+    clean_normal, clean_synth = anchor_inputs[first_noisy_step]
     # the same batch (the noise draws from torch, the batch order from numpy): clean at the anchor, noisy at the flow
     assert torch.equal(clean_normal, normal_clean)
     noise = normal_noisy - normal_clean
