@@ -283,9 +283,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 t = time.perf_counter()
                 normal_feats = model.extractor(to_tensor(train_images[idx], device))
                 t_backbone += time.perf_counter() - t
-            noise = None
-            if cfg.train.feature_noise > 0:  # one draw per batch row, shared by a normal image and its synthetic copy
-                noise = [torch.randn_like(f) * s for f, s in zip(normal_feats, noise_std)]
+            # train.feature_noise: one draw per batch row, shared by a normal image and its synthetic copy
+            noise = [torch.randn_like(f) * s for f, s in zip(normal_feats, noise_std)] if noise_std else None
             normal = model.flow_features(_noisy(normal_feats, noise))
             synthetic, masks, push, anchor = None, None, None, None
             if synthetic_on:
