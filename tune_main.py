@@ -34,6 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional, e.g. 0.25")
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--storage", default="ray_results", help="local folder or cloud URI (s3://, gs://)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage folder is mounted at the same path on every node of the cluster")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>; needed for --resume)")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name")
     p.add_argument("--address", help="an existing Ray cluster (e.g. auto); default: private local Ray")
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, storage=args.storage,
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
+            shared_storage=args.shared_storage,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:

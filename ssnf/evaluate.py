@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ssnf.config import ScoringConfig, SSNFConfig
-from ssnf.data.dataset import load_pair
+from ssnf.data.dataset import DecodedSplit, load_pair
 from ssnf.data.layouts import ANOMALOUS, Sample
 from ssnf.errors import DataError
 from ssnf.features import to_tensor
@@ -37,12 +37,15 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], device: str | torch.device = "cpu",
-             batch_size: int = 16, progress: bool = False) -> Evaluation:
+def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | DecodedSplit,
+             device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = False) -> Evaluation:
     """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC.
 
+    ``samples``: the split's files (read batch by batch), or the split already decoded at
+    ``cfg.data.image_size`` (a sweep's trial on a node that has no copy of the dataset).
     Scoring: ``cfg.scoring`` with its ``auto`` settings taken from the model's validated choice."""
-    samples = list(samples)
+    decoded = samples if isinstance(samples, DecodedSplit) else None
+    samples = list(decoded.samples if decoded is not None else samples)
     scoring = resolve(cfg.scoring, model.scoring)
     if not samples:
         raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
@@ -50,12 +53,15 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample], devic
     size = cfg.data.image_size
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):
-        pairs = [load_pair(s, size) for s in samples[start:start + batch_size]]
-        images = np.stack([p[0] for p in pairs])
+        if decoded is not None:
+            images, batch_masks = decoded.images[start:start + batch_size], decoded.masks[start:start + batch_size]
+        else:
+            pairs = [load_pair(s, size) for s in samples[start:start + batch_size]]
+            images, batch_masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
         m, batch_scores = score(model(to_tensor(images, device)), scoring, (size, size))
         scores.append(batch_scores.cpu().numpy())
         maps.append(m.cpu().numpy().astype(np.float32))
-        masks.append(np.stack([p[1] for p in pairs]))
+        masks.append(batch_masks)
     labels = np.array([s.label for s in samples])
     result = Evaluation(samples, labels, np.concatenate(scores), np.concatenate(maps), np.concatenate(masks),
                         all(s.mask is not None for s in samples if s.label == ANOMALOUS), {})

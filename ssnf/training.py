@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ssnf.backbones.extractor import build_extractor
 from ssnf.checkpoint import load_checkpoint, save_checkpoint
 from ssnf.config import MAP_KINDS, SSNFConfig, to_dict
+from ssnf.data.dataset import DecodedSplit, decode_split
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, DataError, SSNFError
@@ -82,15 +83,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare(cfg: SSNFConfig, need_splits: bool = True) -> tuple[Splits | None, SSNFModel]:
-    """Every check that can fail before training, cheapest first: config, shapes, backbone, data."""
+def prepare(cfg: SSNFConfig, need_splits: bool = True, extractor=None) -> tuple[Splits | None, SSNFModel]:
+    """Every check that can fail before training, cheapest first: config, shapes, backbone, data.
+
+    ``extractor``: the frozen backbone, already built (a sweep ships the driver's with its weights, so a
+    worker node needs no weights cache)."""
     cfg.validate()
     parse_blocks(cfg.model.blocks, len(cfg.backbone.strides))
     size = cfg.data.image_size
     bad = [s for s in cfg.backbone.strides if size % s]
     if bad:
         raise ConfigError(f"data.image_size={size} is not divisible by backbone stride {bad[0]}")
-    extractor = build_extractor(cfg.backbone)
+    if extractor is None:
+        extractor = build_extractor(cfg.backbone)
     splits = make_splits(load_index(cfg.data), cfg.data) if need_splits else None
     if splits is not None:
         check_splits(cfg, splits)
@@ -177,7 +182,8 @@ def _synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generat
 class PreparedData:
     """What a run needs from its data, computed once: decoded training images, their backbone features,
     their object regions, the validation set. A sweep prepares it once per category and shares it between
-    trials."""
+    trials, with the frozen extractor (weights included) and the decoded test split, so that a trial on
+    another node needs neither the dataset nor the weights cache."""
 
     key: str  # data_key() of the config it was made for
     splits: Splits
@@ -186,6 +192,8 @@ class PreparedData:
     validation: ValidationSet
     regions: list  # ``object_regions`` of the training images (all None: a texture), for ``foreground=object``
     timings: dict = field(default_factory=dict)
+    extractor: torch.nn.Module | None = None  # the frozen backbone the features came from
+    test: DecodedSplit | None = None  # the test split at the model's size (reported, never used to choose)
 
 
 def data_key(cfg: SSNFConfig) -> str:
@@ -193,8 +201,10 @@ def data_key(cfg: SSNFConfig) -> str:
     return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.seed], sort_keys=True)
 
 
-def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu") -> PreparedData:
-    """Decode the training images, extract (or load from the disk cache) their features, build validation."""
+def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu", portable: bool = False) -> PreparedData:
+    """Decode the training images, extract (or load from the disk cache) their features, build validation.
+
+    ``portable``: also carry the extractor and the decoded test split (what a sweep ships to its trials)."""
     t0 = time.perf_counter()
     size = cfg.data.image_size
     images = load_images(splits.train, size)
@@ -205,8 +215,14 @@ def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu") -> Pr
     t = time.perf_counter()
     regions = object_regions(images)
     timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,
-               "regions_s": time.perf_counter() - t, "prepare_s": time.perf_counter() - t0}
-    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, regions, timings)
+               "regions_s": time.perf_counter() - t}
+    test = None
+    if portable:
+        extractor = extractor.cpu()
+        test = decode_split(splits.test, size)
+    timings["prepare_s"] = time.perf_counter() - t0
+    return PreparedData(data_key(cfg), splits, images, [f.cpu() for f in feats], val, regions, timings,
+                        extractor if portable else None, test)
 
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
@@ -222,7 +238,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    splits, model = prepare(cfg, need_splits=data is None)
+    splits, model = prepare(cfg, need_splits=data is None, extractor=None if data is None else data.extractor)
     model.to(device)
     show = sys.stderr.isatty() if progress is None else progress
     if data is None:

@@ -19,7 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
 from ssnf.data.demo import DemoSpec, ensure_demo  # noqa: E402
-from ssnf.tune.sweep import SweepOptions, best_table, run_sweep  # noqa: E402
+from ssnf.tune.sweep import TRIAL_RUNTIME_ENV, SweepOptions, best_table, run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
@@ -50,6 +50,7 @@ def ray_session(tmp_path_factory):
     old = os.environ.get("SSNF_FEATURES_DIR")
     os.environ["SSNF_FEATURES_DIR"] = str(features)  # workers inherit the driver's environment
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             runtime_env=TRIAL_RUNTIME_ENV,
              log_to_driver=False)
     yield features
     ray.shutdown()
@@ -94,7 +95,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"7"
+    assert schema.metadata[b"ssnf_schema_version"] == b"8"
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"
@@ -248,5 +249,5 @@ def test_resources_the_cluster_cannot_grant(demo_root, ray_session, tmp_path, ca
     rc = tune_main.main(["--data-root", str(demo_root), "--categories", "washer", "--storage", str(store),
                          "--cpus-per-trial", "64"])
     assert rc == 2
-    assert "a trial needs 64 CPU but the cluster has 2" in capsys.readouterr().err
+    assert "a trial needs 64 CPU and 0 GPU on one node, but no node has them (the largest has 2 CPU" in capsys.readouterr().err
     assert not store.exists()

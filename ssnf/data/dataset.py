@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,26 @@ def load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
         mask = np.zeros((size, size), dtype=bool)
     image = image.resize((size, size), Image.BILINEAR)
     return np.array(image), mask
+
+
+@dataclass
+class DecodedSplit:
+    """A split decoded at the model's input size: it travels (Ray's object store) where its files do not."""
+
+    samples: list[Sample]
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    masks: np.ndarray  # bool [N, S, S]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def decode_split(samples: Sequence[Sample], size: int) -> DecodedSplit:
+    """Every image and mask of ``samples`` through ``load_pair``."""
+    pairs = [load_pair(s, size) for s in samples]
+    images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, size, size, 3), np.uint8)
+    masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, size, size), bool)
+    return DecodedSplit(list(samples), images, masks)
 
 
 class ImageDataset(Dataset):

@@ -34,7 +34,7 @@ from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.tune.overrides import trial_config
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -79,6 +79,9 @@ def trials_schema() -> pa.Schema:
         pa.field("wall_s", pa.float64()), pa.field("train_s", pa.float64()), pa.field("setup_s", pa.float64()),
         pa.field("test_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
+        pa.field("node_id", pa.string()), pa.field("node_ip", pa.string()), pa.field("gpu_ids", pa.string()),
+        pa.field("device", pa.string()), pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
+        pa.field("data_fetch_s", pa.float64()),
         pa.field("started_at", pa.timestamp("s", tz="UTC")), pa.field("ended_at", pa.timestamp("s", tz="UTC")),
     ]
     return pa.schema(head + config_fields() + metrics + tail, metadata={"ssnf_schema_version": str(SCHEMA_VERSION)})
@@ -123,8 +126,9 @@ def write_table(table: pa.Table, uri: str) -> None:
 
 def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, failure: str | None,
                cfg: SSNFConfig, history: list[dict], last_result: dict, started: float, ended: float,
-               cpus: float, gpus: float, node: str, retries: int = 0) -> tuple[dict, list[dict]]:
-    """The ``trials`` row and the ``epochs`` rows of one ended trial."""
+               cpus: float, gpus: float, retries: int = 0) -> tuple[dict, list[dict]]:
+    """The ``trials`` row and the ``epochs`` rows of one ended trial. Where it ran comes from its last
+    result: the node that finished it (a retried trial may have started on another)."""
     final = history[-1] if history else {}
     best = max(history, key=lambda h: h.get("val_score", float("-inf"))) if history else {}
     train_s = sum(h.get("train_s", 0.0) + h.get("val_s", 0.0) for h in history)
@@ -141,7 +145,11 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
         "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
         "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
-        "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(), "node": node,
+        "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(),
+        "node": str(last_result.get("hostname") or socket.gethostname()), "node_id": last_result.get("node_id"),
+        "node_ip": last_result.get("node_ip"), "gpu_ids": last_result.get("gpu_ids"),
+        "device": last_result.get("device"), "niceness": last_result.get("niceness"),
+        "data_bytes": last_result.get("data_bytes"), "data_fetch_s": last_result.get("data_fetch_s"),
         "started_at": int(started), "ended_at": int(ended),
     }
     epochs = [
@@ -192,8 +200,7 @@ class ParquetResults(Callback):
         row, epochs = trial_rows(
             experiment=self.experiment, category=self.category, trial_id=trial.trial_id, status=status,
             failure=failure, cfg=cfg, history=history, last_result=last, started=started, ended=ended,
-            cpus=self.cpus, gpus=self.gpus, node=str(last.get("hostname") or socket.gethostname()),
-            retries=int(getattr(trial, "num_failures", 0) or 0),
+            cpus=self.cpus, gpus=self.gpus, retries=int(getattr(trial, "num_failures", 0) or 0),
         )
         write_table(pa.Table.from_pylist([row], schema=trials_schema()), f"{self.results_uri}/trials/{trial.trial_id}.parquet")
         write_table(pa.Table.from_pylist(epochs, schema=EPOCHS_SCHEMA), f"{self.results_uri}/epochs/{trial.trial_id}.parquet")

@@ -6,11 +6,19 @@ the resources the cluster can grant), then for each category prepares the data o
 frozen-backbone features, validation set), shares it with every trial through Ray's object store, and
 runs the study: Optuna TPE (seeded) or random search, ASHA over epochs or no scheduler, at most
 ``max_concurrent`` trials at a time, failed workers retried from their last checkpoint.
+
+On a cluster (``address``): an address where no cluster answers, resources no single node can grant and
+a local storage path that not every node sees are refused before anything is written. Trial workers
+run at normal CPU priority (``TRIAL_RUNTIME_ENV``): Ray starts workers at niceness 15, and on a node that
+anything else keeps busy they then get a few per cent of a core, so trials crawled and a loaded
+cluster looked stalled.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,14 +39,17 @@ from ssnf.errors import DataError, SSNFError
 from ssnf.training import check_splits, prepare_data
 from ssnf.tune.overrides import check_space
 from ssnf.tune.results import ParquetResults
-from ssnf.tune.trainable import run_trial
+from ssnf.tune.trainable import run_trial, share
 
 SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+# Every worker of the sweep's Ray job (its trials) at the priority of any other process on the node.
+TRIAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+PROBE_TIMEOUT_S = 3.0
 
 
 class SweepInterrupted(SSNFError):
     """The sweep was stopped (Ctrl-C) before every trial ended; ``--resume`` continues it."""
-SCHEDULERS = ("asha", "none")
 
 
 @dataclass
@@ -60,6 +71,7 @@ class SweepOptions:
     scheduler: str = "asha"
     base: dict = field(default_factory=dict)  # nested config values every trial starts from (--config)
     share_features: bool = True  # False: every trial extracts its own features (the benchmark's baseline)
+    shared_storage: bool = False  # a local ``storage`` path is mounted at the same place on every node
     verbose: int = 1
 
 
@@ -104,7 +116,8 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
         tree = merge(options.base, {
             "data.root": str(root.resolve()), "data.category": category, "train.epochs": options.max_epochs,
             "train.seed": options.seed, "train.threads": max(1, int(options.cpus_per_trial)),
-            "train.device": "cuda" if options.gpus_per_trial > 0 else "cpu",
+            # a trial with a GPU share trains on it; train.device=cpu set on purpose is kept
+            "train.device": _trial_device(options),
         })
         cfg = from_dict(SSNFConfig, tree)
         splits = make_splits(load_index(cfg.data), cfg.data)  # opens every image header and mask: once
@@ -120,16 +133,96 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
     return configs
 
 
+def _trial_device(options: SweepOptions) -> str:
+    device = options.base.get("train", {}).get("device", "auto")
+    if options.gpus_per_trial > 0:
+        return "cpu" if device == "cpu" else "cuda"
+    return "cpu"
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail in seconds, with one line, where no Ray cluster answers at ``address`` (``ray.init`` would
+    retry for minutes). ``auto`` is resolved as Ray resolves it (``RAY_ADDRESS``, then the cluster started
+    last on this machine)."""
+    if address.startswith(("http://", "https://")):
+        raise SSNFError(f"--address {address} is a dashboard (job server) address: submit with `ray job submit "
+                        f"--address {address} ... -- python tune_main.py --address auto ...` (cluster/README.md)")
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address("auto") or ""
+        except (ConnectionError, ValueError):
+            target = ""
+        if not target:
+            raise SSNFError("--address auto: no Ray cluster is running on this machine and RAY_ADDRESS is not set: "
+                            "start one (`ray start --head`) or pass the head's HOST:PORT")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SSNFError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SSNFError(f"no Ray cluster answers at {target} ({exc.strerror or exc} within {timeout:g} s): "
+                        "check --address, or start the cluster first") from None
+
+
 def start_ray(options: SweepOptions) -> None:
     if not ray.is_initialized():  # (a caller's own session, e.g. the tests', is used as it is)
         if options.address:
-            ray.init(address=options.address, logging_level=logging.WARNING)
+            probe_address(options.address)
+            ray.init(address=options.address, logging_level=logging.WARNING, runtime_env=TRIAL_RUNTIME_ENV)
         else:  # a private local cluster on the loopback interface, no dashboard
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
-    available = ray.cluster_resources()
-    for kind, need in (("CPU", options.cpus_per_trial), ("GPU", options.gpus_per_trial)):
-        if need > available.get(kind, 0.0):
-            raise SSNFError(f"a trial needs {need:g} {kind} but the cluster has {available.get(kind, 0.0):g}")
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+                     runtime_env=TRIAL_RUNTIME_ENV)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_resources(options, [n.get("Resources", {}) for n in nodes])
+    check_storage(options, {n.get("NodeManagerAddress", "") for n in nodes}, _driver_ip())
+
+
+def check_resources(options: SweepOptions, nodes: list[dict]) -> None:
+    """A trial's CPUs and GPUs must fit on one node (Ray does not split a trial across nodes)."""
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    if options.gpus_per_trial > 0 and total["GPU"] == 0:
+        raise SSNFError(f"--gpus-per-trial {options.gpus_per_trial:g}, but no node of this cluster has a GPU "
+                        "(leave it at 0 to train on CPUs)")
+    fits = [n for n in nodes if n.get("CPU", 0.0) >= options.cpus_per_trial and n.get("GPU", 0.0) >= options.gpus_per_trial]
+    if not fits:
+        biggest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+        raise SSNFError(
+            f"a trial needs {options.cpus_per_trial:g} CPU and {options.gpus_per_trial:g} GPU on one node, but no "
+            f"node has them (the largest has {biggest.get('CPU', 0.0):g} CPU, {biggest.get('GPU', 0.0):g} GPU; "
+            f"the cluster has {total['CPU']:g} CPU, {total['GPU']:g} GPU in all {len(nodes)} nodes)")
+
+
+def _driver_ip() -> str:
+    try:
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - only used to compare addresses
+        return ""
+
+
+def check_storage(options: SweepOptions, node_ips: set[str], driver_ip: str) -> None:
+    """A local storage path is where the trials' checkpoints go: every node must see the same folder.
+    Accepted when every node runs on the driver's machine (its address, or a loopback address, which only
+    a node on this machine can have), or when the user declares the path shared."""
+    if "://" in options.storage or options.shared_storage:
+        return
+    others = sorted(ip for ip in node_ips if ip and ip != driver_ip and not _loopback(ip))
+    if others:
+        raise SSNFError(
+            f"--storage {options.storage} is a local folder, but {len(others)} node(s) of this cluster run on other "
+            f"machines ({', '.join(others[:3])}): pass a cloud URI (s3://bucket/sweeps, gs://...) or a folder "
+            "mounted at the same path on every node with --shared-storage")
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _searcher(options: SweepOptions, space: Callable):
@@ -174,12 +267,13 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
     space = spaces[options.space]
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     for category, (cfg, splits) in configs.items():
-        data = None
-        if options.share_features:
-            data = prepare_data(cfg, build_extractor(cfg.backbone), splits)
+        shared = None
+        if options.share_features:  # features, validation and test set, extractor: once, into the object store
+            shared = share(prepare_data(cfg, build_extractor(cfg.backbone), splits, portable=True))
         base = to_dict(cfg)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=base, data=data, private_cache=not options.share_features), resources)
+            tune.with_parameters(run_trial, base=base, shared=shared, private_cache=not options.share_features),
+            resources)
         path = f"{uri}/{category}"
         if options.resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)

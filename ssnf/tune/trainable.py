@@ -5,6 +5,11 @@ Every epoch it reports the epoch's losses and validation metrics with ``tune.rep
 from the last epoch. A trial that trains the full budget also reports its test metrics with its last
 epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged``, the reason
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
+
+The prepared data (features, validation set, decoded test split, the frozen extractor with its weights)
+arrive through Ray's object store (``SharedData``): a trial on any node of a cluster needs neither the
+dataset nor the weights cache. Each report also names where the trial ran (Ray node id, GPU ids, torch
+device, process niceness) and what receiving the data cost.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from ssnf.data.layouts import load_index
@@ -25,8 +32,36 @@ from ssnf.training import PreparedData, TrainingDiverged, train
 from ssnf.tune.overrides import trial_config
 
 
-def run_trial(config: dict, base: dict, data: PreparedData | None = None, private_cache: bool = False) -> None:
+@dataclass
+class SharedData:
+    """A reference to one category's ``PreparedData`` in the object store, and its size. Passed inside
+    this wrapper so that the trial itself fetches it and can time the fetch."""
+
+    ref: ray.ObjectRef
+    nbytes: int
+
+
+def share(data: PreparedData) -> SharedData:
+    """Put ``data`` in the object store once (the driver's node); every trial reads it from there."""
+    ref = ray.put(data)
+    info = ray.experimental.get_object_locations([ref]).get(ref) or {}
+    return SharedData(ref, int(info.get("object_size") or 0))
+
+
+def placement() -> dict:
+    """Where this trial runs: its Ray node, the GPUs Ray gave it, and its CPU priority."""
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "niceness": os.nice(0)}
+
+
+def run_trial(config: dict, base: dict, shared: SharedData | None = None, private_cache: bool = False) -> None:
     cfg = trial_config(base, config)
+    where = placement()
+    data: PreparedData | None = None
+    if shared is not None:
+        t = time.perf_counter()
+        data = ray.get(shared.ref)
+        where.update(data_fetch_s=time.perf_counter() - t, data_bytes=shared.nbytes)
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
@@ -45,8 +80,12 @@ def run_trial(config: dict, base: dict, data: PreparedData | None = None, privat
         first = [k for k in ("val_score", "val_image_auroc", "val_pixel_auroc", "loss") if k in epoch_report]
         metrics = {k: float(epoch_report[k]) for k in first}
         metrics.update({k: float(v) for k, v in epoch_report.items() if isinstance(v, (int, float)) and k not in metrics})
+        metrics.update(where, device=str(next(model.parameters()).device))
         if epoch_report["epoch"] == cfg.train.epochs:
-            samples = data.splits.test if data is not None else make_splits(load_index(cfg.data), cfg.data).test
+            if data is not None and data.test is not None:
+                samples = data.test
+            else:  # --no-shared-features: this node reads the test images itself
+                samples = make_splits(load_index(cfg.data), cfg.data).test
             if samples:
                 t = time.perf_counter()
                 test = evaluate(model, cfg, samples, next(model.parameters()).device).metrics
@@ -59,7 +98,7 @@ def run_trial(config: dict, base: dict, data: PreparedData | None = None, privat
     except TrainingDiverged as exc:
         # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
         # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
-        tune.report({"diverged": 1.0, "failure": str(exc), "val_score": float("nan")})
+        tune.report({"diverged": 1.0, "failure": str(exc), "val_score": float("nan"), **where})
     finally:
         if private_cache:  # Ray reuses worker processes: leave the environment as it was
             if saved_env is None:
