@@ -15,7 +15,9 @@ as on a cluster whose head is a small coordinator machine.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import socket
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ class LoopbackCluster:
         self.dashboard_port = free_port() if dashboard else None
         self._cluster = None
         self.workers: list = []  # ray._private.node.Node of each worker node, in start order
+        self._temp_dirs: list[str] = []
 
     def __enter__(self) -> "LoopbackCluster":
         self.start()
@@ -66,8 +69,9 @@ class LoopbackCluster:
         head = {"node_ip_address": LOOPBACK, "num_cpus": self.head_cpus, "num_gpus": 0,
                 "object_store_memory": self.object_store_bytes, "_system_config": self.system_config,
                 "include_dashboard": self.dashboard}
-        if self.dashboard:
-            head.update(dashboard_host=LOOPBACK, dashboard_port=self.dashboard_port)
+        if self.dashboard:  # (the job server needs the head's agent: its own port, not Ray's fixed 52365)
+            head.update(dashboard_host=LOOPBACK, dashboard_port=self.dashboard_port,
+                        dashboard_agent_listen_port=free_port())
         self._cluster = Cluster(initialize_head=True, head_node_args=head)
         try:
             for _ in range(self.n_workers):
@@ -78,8 +82,13 @@ class LoopbackCluster:
             raise
 
     def add_worker(self):
+        # Its own temp dir, as on a machine of its own: nodes sharing one would unpack a job's working dir
+        # into the same folder and replace it under each other's running processes.
+        temp = tempfile.mkdtemp(prefix=f"ray-w{len(self.workers)}-", dir="/tmp")
+        self._temp_dirs.append(temp)
         node = self._cluster.add_node(node_ip_address=LOOPBACK, num_cpus=self.cpus_per_worker,
-                                      num_gpus=self.gpus_per_worker, object_store_memory=self.object_store_bytes)
+                                      num_gpus=self.gpus_per_worker, object_store_memory=self.object_store_bytes,
+                                      temp_dir=temp)
         self.workers.append(node)
         return node
 
@@ -129,10 +138,19 @@ class LoopbackCluster:
         if self._cluster is None:
             return
         cluster, self._cluster = self._cluster, None
-        for node in list(cluster.worker_nodes):
+        nodes = list(cluster.worker_nodes) + ([cluster.head_node] if cluster.head_node is not None else [])
+        # the processes each raylet started (workers, agents): they would outlive it for a while
+        orphans = [pid for node in nodes for info in node.all_processes.get("raylet", [])
+                   for pid in _descendants(info.process.pid)]
+        for node in nodes:
             cluster.remove_node(node, allow_graceful=False)
-        if cluster.head_node is not None:
-            cluster.remove_node(cluster.head_node, allow_graceful=False)
+        for pid in orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for temp in self._temp_dirs:
+            shutil.rmtree(temp, ignore_errors=True)
         import ray
 
         ray.experimental.internal_kv._internal_kv_reset()
