@@ -13,6 +13,7 @@ with ``--address``, as a user runs it. Each test bounds its time and tears its c
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -188,14 +189,23 @@ def trained(experiment: Path, at_least: int = 2) -> set[str]:
 
 
 def test_a_killed_worker_node_loses_no_trial(demo_root, tmp_path):
+    """Also: the worker nodes have no weights cache, and the dataset disappears once the trials run —
+    everything a trial needs (extractor, features, validation and test images) came through Ray."""
+    from tests.conftest import require_weights
+
+    require_weights("mobilenetv2_100")
     if ray.is_initialized():
         ray.shutdown()
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
     store = tmp_path / "store"
     epochs = 40
-    cmd = tune_main("ADDRESS", *sweep_args(demo_root, store, "nodeloss", "--categories", "washer", "--num-samples",
-                                           "2", "--max-epochs", str(epochs), "--max-concurrent", "2",
-                                           "--set", "model.couplings=1", "--set", "loss.weight=0"))
-    with LoopbackCluster(workers=2, cpus_per_worker=1) as c:
+    cmd = tune_main("ADDRESS", *sweep_args(data, store, "nodeloss", "--categories", "washer", "--num-samples", "2",
+                                           "--max-epochs", str(epochs), "--max-concurrent", "2",
+                                           "--set", "backbone.pretrained=true", "--set", "model.couplings=1",
+                                           "--set", "loss.weight=0"))
+    no_cache = {"SSNF_CACHE_DIR": str(tmp_path / "worker-cache"), "SSNF_FEATURES_DIR": str(tmp_path / "worker-features")}
+    with LoopbackCluster(workers=2, cpus_per_worker=1, worker_env=no_cache) as c:
         cmd[cmd.index("ADDRESS")] = c.address
         log = (tmp_path / "driver.log").open("w")
         driver = subprocess.Popen(cmd, cwd=tmp_path, env=env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
@@ -205,6 +215,7 @@ def test_a_killed_worker_node_loses_no_trial(demo_root, tmp_path):
             while time.time() < deadline and driver.poll() is None and len(trained(store / "nodeloss")) < 2:
                 time.sleep(0.1)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            data.rename(tmp_path / "data-gone")
             killed = c.kill_worker(0)
             assert len(killed) >= 2, "the raylet and at least the trial's worker process"
             c.wait_for_death(0)
@@ -214,12 +225,33 @@ def test_a_killed_worker_node_loses_no_trial(demo_root, tmp_path):
                 driver.kill()
             log.close()
         survivor = c.node_id(1)
+    assert not (tmp_path / "worker-cache").exists() and not (tmp_path / "worker-features").exists()
     trials = pd.read_parquet(store / "nodeloss" / "results" / "trials")
     assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"completed"}
     assert set(trials["node_id"]) == {survivor}, "both trials finished on the surviving node"
+    assert trials["test_image_auroc"].notna().all(), "tested on the test split that came through Ray"
     moved = trials[trials["retries"] >= 1]
     assert len(moved) == 1, trials[["trial_id", "retries", "node_id"]]
     per_epoch = pd.read_parquet(store / "nodeloss" / "results" / "epochs")
     for trial_id, group in per_epoch.groupby("trial_id"):
         assert list(group.sort_values("epoch")["epoch"]) == list(range(1, epochs + 1)), \
             f"{trial_id}: continued from its checkpoint, every epoch once"
+
+
+def test_local_storage_is_refused_where_nodes_run_on_other_machines(tmp_path):
+    """The decision alone, on node addresses as Ray reports them (nothing is contacted)."""
+    from ssnf.errors import SSNFError
+    from ssnf.tune.sweep import SweepOptions, check_storage
+
+    options = SweepOptions(data_root=str(tmp_path), categories=["x"], storage=str(tmp_path / "store"))
+    check_storage(options, {"127.0.0.1"}, "127.0.0.1")  # every node on this machine: the folder is shared
+    check_storage(options, {"10.1.2.3"}, "10.1.2.3")
+    with pytest.raises(SSNFError) as error:
+        check_storage(options, {"10.1.2.3", "10.1.2.4", "10.1.2.5"}, "10.1.2.3")
+    assert str(error.value) == (
+        f"--storage {tmp_path / 'store'} is a local folder, but 2 node(s) of this cluster run on other machines "
+        "(10.1.2.4, 10.1.2.5): pass a cloud URI (s3://bucket/sweeps, gs://...) or a folder mounted at the same "
+        "path on every node with --shared-storage")
+    for accepted in (SweepOptions(data_root="d", categories=["x"], storage="s3://bucket/sweeps"),
+                     SweepOptions(data_root="d", categories=["x"], storage=str(tmp_path), shared_storage=True)):
+        check_storage(accepted, {"10.1.2.3", "10.1.2.4"}, "10.1.2.3")

@@ -80,9 +80,9 @@ def test_launcher_ships_the_checkout_and_installs_the_pins(name):
     setup = config["setup_commands"]
     assert any("-r ~/ssnf/requirements/lock.txt" in c for c in setup)
     assert any("--no-deps" in c and "-e ~/ssnf" in c for c in setup)
-    # Every node builds the backbone (the driver for the shared features, each trial for its test), so
-    # every node needs the weights: setup_commands, not head_setup_commands.
-    assert any("ssnf weights fetch" in c for c in setup)
+    # Only the head needs the weights: the driver extracts the features and ships the extractor.
+    assert any("ssnf weights fetch" in c for c in config["head_setup_commands"])
+    assert not any("ssnf weights fetch" in c for c in setup)
 
 
 @pytest.mark.parametrize("name", GPU_LAUNCHERS)
@@ -150,10 +150,10 @@ def test_rayjob_entrypoint_flags_are_tune_mains():
     assert args.address == "auto" and "://" in args.storage
 
 
-def test_rayjob_mounts_the_data_root_in_every_pod():
+def test_rayjob_mounts_the_data_root_on_the_head():
     job = load("rayjob.yaml")
     root = parse_args(shlex.split(job["spec"]["entrypoint"])[2:]).data_root
-    for template in pod_templates(job):
+    for template in pod_templates(job)[:1]:  # the head's; the workers get the data through Ray
         volumes = {v["name"] for v in template["spec"].get("volumes", [])}
         for container in template["spec"]["containers"]:
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}

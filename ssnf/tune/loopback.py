@@ -42,7 +42,7 @@ class LoopbackCluster:
 
     def __init__(self, workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
                  head_cpus: float = 0, dashboard: bool = False, system_config: dict | None = None,
-                 object_store_mb: int = 150) -> None:
+                 object_store_mb: int = 150, worker_env: dict | None = None) -> None:
         self.n_workers = workers
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
@@ -50,6 +50,7 @@ class LoopbackCluster:
         self.dashboard = dashboard
         self.system_config = {**FAST_HEALTH_CHECK, **(system_config or {})}
         self.object_store_bytes = object_store_mb * 1024 * 1024
+        self.worker_env = dict(worker_env or {})  # environment of the worker nodes' processes only
         self.dashboard_port = free_port() if dashboard else None
         self._cluster = None
         self.workers: list = []  # ray._private.node.Node of each worker node, in start order
@@ -86,9 +87,18 @@ class LoopbackCluster:
         # into the same folder and replace it under each other's running processes.
         temp = tempfile.mkdtemp(prefix=f"ray-w{len(self.workers)}-", dir="/tmp")
         self._temp_dirs.append(temp)
-        node = self._cluster.add_node(node_ip_address=LOOPBACK, num_cpus=self.cpus_per_worker,
-                                      num_gpus=self.gpus_per_worker, object_store_memory=self.object_store_bytes,
-                                      temp_dir=temp)
+        saved = {k: os.environ.get(k) for k in self.worker_env}
+        os.environ.update(self.worker_env)  # the node's processes inherit it
+        try:
+            node = self._cluster.add_node(node_ip_address=LOOPBACK, num_cpus=self.cpus_per_worker,
+                                          num_gpus=self.gpus_per_worker, object_store_memory=self.object_store_bytes,
+                                          temp_dir=temp)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.workers.append(node)
         return node
 
