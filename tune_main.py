@@ -44,6 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
     p.add_argument("--config", help="YAML config every trial starts from (e.g. a run's config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config override")
+    p.add_argument("--trial-niceness", type=int, default=0,
+                   help="CPU priority of the trials (0: like any other job on the node; Ray's own default is 15)")
     p.add_argument("--no-shared-features", action="store_true",
                    help="every trial extracts its own features (for measuring what sharing saves)")
     return p.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, storage=args.storage,
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
-            shared_storage=args.shared_storage,
+            shared_storage=args.shared_storage, trial_niceness=args.trial_niceness,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:

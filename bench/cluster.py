@@ -6,6 +6,9 @@
 - ``one-node``: one Ray node with 2 CPUs (the head) runs the sweep;
 - ``two-workers``: a head with no CPUs + two worker nodes of 1 CPU each: the same sweep (trials, epochs,
   seed, 1 CPU per trial, 2 at a time), so only the topology differs;
+- ``loaded-nice15`` / ``loaded-nice0``: ``two-workers`` while one busy process per CPU runs at normal
+  priority beside it (another job on the node), 4 trials per category, 2 epochs: trial workers at Ray's
+  default niceness 15 (``--trial-niceness 15``, stopped after ``--loaded-timeout`` seconds) vs ssnf's 0;
 - ``node-loss``: one long trial on a cluster of a head and two 1-CPU workers; the worker node that runs it is
   SIGKILLed (raylet and workers) after its second checkpoint. Measured: seconds until the GCS marks the
   node dead, until the trial is running again on the other node (its first report there), and until its
@@ -40,6 +43,7 @@ from tune_main import DEMO_BASE_SETS, DEMO_CATEGORIES  # noqa: E402
 
 RESULTS = HERE / "results"
 TOPOLOGIES = {"one-node": {"workers": 0, "head_cpus": 2}, "two-workers": {"workers": 2, "cpus_per_worker": 1}}
+LOADED = {"loaded-nice15": 15, "loaded-nice0": 0}
 
 
 def demo_data() -> Path:
@@ -62,22 +66,45 @@ def env(features: Path) -> dict:
     return {**os.environ, **QUIET_ENV, "SSNF_FEATURES_DIR": str(features)}
 
 
-def run_sweep(topology: str, args) -> dict:
+class Busy:
+    """One process per CPU at normal priority, spinning: another job on the node."""
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def run_sweep(run: str, args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="ssnf-bench-cluster-"))
+    loaded = run in LOADED
+    trials, epochs = (4, 2) if loaded else (args.trials, args.epochs)
+    extra = ["--trial-niceness", str(LOADED[run])] if loaded else []
     try:
-        with LoopbackCluster(**TOPOLOGIES[topology]) as cluster:
-            cmd = sweep_cmd(cluster.address, work / "store", topology, args.trials, args.epochs, [])
-            print(f"[{topology}] {' '.join(cmd)}", flush=True)
-            t = time.perf_counter()
-            done = subprocess.run(cmd, cwd=REPO, env=env(work / "features"), capture_output=True, text=True)
-            wall = time.perf_counter() - t
-        if done.returncode != 0:
-            raise SystemExit(f"[{topology}] the sweep failed:\n{(done.stdout + done.stderr)[-3000:]}")
-        rows = pd.read_parquet(work / "store" / topology / "results" / "trials")
+        with LoopbackCluster(**TOPOLOGIES["two-workers" if loaded else run]) as cluster:
+            cmd = sweep_cmd(cluster.address, work / "store", run, trials, epochs, extra)
+            print(f"[{run}] {' '.join(cmd)}", flush=True)
+            with Busy() if loaded else open(os.devnull) as _:
+                t = time.perf_counter()
+                try:
+                    done = subprocess.run(cmd, cwd=REPO, env=env(work / "features"), capture_output=True, text=True,
+                                          timeout=args.loaded_timeout if loaded else None)
+                    code = done.returncode
+                except subprocess.TimeoutExpired:
+                    code = None  # stopped: count the trials that ended in the time given
+                wall = time.perf_counter() - t
+        if code not in (0, None):
+            raise SystemExit(f"[{run}] the sweep failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        rows = pd.read_parquet(work / "store" / run / "results" / "trials")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "run": topology, "trials": len(rows), "epochs": args.epochs, "wall_s": wall,
+        "run": run, "finished": code == 0, "requested": trials * 2, "trials": len(rows), "epochs": epochs,
+        "wall_s": wall, "niceness": sorted(rows["niceness"].unique().tolist()),
         "trials_per_hour": len(rows) / wall * 3600, "statuses": rows["status"].value_counts().to_dict(),
         "nodes": int(rows["node_id"].nunique()), "per_node": rows["node_id"].str[:8].value_counts().to_dict(),
         "data_bytes": int(rows["data_bytes"].median()), "data_fetch_s_median": float(rows["data_fetch_s"].median()),
@@ -160,7 +187,8 @@ def table() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", nargs="?", default="run", choices=["run", "table"])
-    p.add_argument("--runs", default="one-node,two-workers,node-loss")
+    p.add_argument("--runs", default="one-node,two-workers,node-loss,loaded-nice0,loaded-nice15")
+    p.add_argument("--loaded-timeout", type=float, default=420, help="seconds a loaded sweep may run")
     p.add_argument("--trials", type=int, default=6, help="trials per category (two categories)")
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args()

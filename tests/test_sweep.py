@@ -19,7 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
 from ssnf.data.demo import DemoSpec, ensure_demo  # noqa: E402
-from ssnf.tune.sweep import TRIAL_RUNTIME_ENV, SweepOptions, best_table, run_sweep  # noqa: E402
+from ssnf.tune.sweep import SweepOptions, best_table, run_sweep, trial_runtime_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
@@ -50,7 +50,7 @@ def ray_session(tmp_path_factory):
     old = os.environ.get("SSNF_FEATURES_DIR")
     os.environ["SSNF_FEATURES_DIR"] = str(features)  # workers inherit the driver's environment
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             runtime_env=TRIAL_RUNTIME_ENV,
+             runtime_env=trial_runtime_env(),
              log_to_driver=False)
     yield features
     ray.shutdown()

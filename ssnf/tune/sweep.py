@@ -9,9 +9,9 @@ runs the study: Optuna TPE (seeded) or random search, ASHA over epochs or no sch
 
 On a cluster (``address``): an address where no cluster answers, resources no single node can grant and
 a local storage path that not every node sees are refused before anything is written. Trial workers
-run at normal CPU priority (``TRIAL_RUNTIME_ENV``): Ray starts workers at niceness 15, and on a node that
-anything else keeps busy they then get a few per cent of a core, so trials crawled and a loaded
-cluster looked stalled.
+run at normal CPU priority (``trial_runtime_env``, ``trial_niceness`` 0): Ray starts workers at niceness 15,
+and on a node that anything else keeps busy they then got a few per cent of a core, so trials crawled and a
+loaded cluster looked stalled.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ from ssnf.tune.trainable import run_trial, share
 
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
-# Every worker of the sweep's Ray job (its trials) at the priority of any other process on the node.
-TRIAL_RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
+
+def trial_runtime_env(niceness: int = 0) -> dict:
+    """The sweep's Ray job: every worker (its trials) at ``niceness`` (Ray's own default is 15)."""
+    return {"env_vars": {"RAY_worker_niceness": str(niceness)}}
+
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -72,6 +76,7 @@ class SweepOptions:
     base: dict = field(default_factory=dict)  # nested config values every trial starts from (--config)
     share_features: bool = True  # False: every trial extracts its own features (the benchmark's baseline)
     shared_storage: bool = False  # a local ``storage`` path is mounted at the same place on every node
+    trial_niceness: int = 0  # CPU priority of the trials' processes (0: as any other job; Ray's default 15)
     verbose: int = 1
 
 
@@ -104,6 +109,8 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
                         ("max-concurrent", options.max_concurrent)):
         if value < 1:
             raise SSNFError(f"--{name}={value} must be at least 1")
+    if not 0 <= options.trial_niceness <= 19:
+        raise SSNFError(f"--trial-niceness={options.trial_niceness} must be between 0 and 19")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
     if not options.categories:
@@ -173,10 +180,11 @@ def start_ray(options: SweepOptions) -> None:
     if not ray.is_initialized():  # (a caller's own session, e.g. the tests', is used as it is)
         if options.address:
             probe_address(options.address)
-            ray.init(address=options.address, logging_level=logging.WARNING, runtime_env=TRIAL_RUNTIME_ENV)
+            ray.init(address=options.address, logging_level=logging.WARNING,
+                     runtime_env=trial_runtime_env(options.trial_niceness))
         else:  # a private local cluster on the loopback interface, no dashboard
             ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-                     runtime_env=TRIAL_RUNTIME_ENV)
+                     runtime_env=trial_runtime_env(options.trial_niceness))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     check_resources(options, [n.get("Resources", {}) for n in nodes])
     check_storage(options, {n.get("NodeManagerAddress", "") for n in nodes}, _driver_ip())
