@@ -12,7 +12,10 @@
 #
 # sshd is not installed: the openssh-server .deb is unpacked into the temp dir and run from there, because
 # installing it here would upgrade openssh-client (the archive holds only the newer version), and no
-# purge undoes an upgrade. What is missing besides (rsync) is installed with apt and purged at the end.
+# purge undoes an upgrade. What else is missing (rsync; acl, when the venv's interpreter sits below a folder
+# ssnftry cannot pass) is installed with apt and purged at the end.
+# If `ray submit` fails, the script says why, runs the same sweep with `ray exec` from ~/ssnf-src instead, so
+# that everything after it is still tested, and fails.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,7 +44,7 @@ modes() { local d=$PYDIR; while [ "$d" != / ]; do ls -ld "$d"; d=$(dirname "$d")
 MODES0=$(modes)  # mode and ACL mark (+): the run may open some of them to ssnftry (see BLOCKED)
 
 # ---- teardown: every step, idempotent, whatever failed ----------------------------------------------
-BLOCKED=(); RC=1; UP=0; DOWN=0; SSHD_PID=; MADE_USER=0; MADE_SSHD_USER=0; NEW_PKGS=; OUR_PORTS=; TRY_UID=
+BLOCKED=(); RC=1; UP=0; DOWN=0; SSHD_PID=; MADE_USER=0; MADE_SSHD_USER=0; NEW_PKGS=; TRY_UID=
 declare -A SECS=(); ORDER=()
 RAY=(env TMPDIR="$WORK/rt" $QUIET "$VENV/bin/ray")  # root's ray CLI: its caches and cluster state in $WORK
 # ray's ssh ControlMaster sockets for this cluster (command_runner.py: /tmp/ray_ssh_<user hash>/<cluster hash>)
@@ -91,14 +94,17 @@ cleanup() {
     [ "$RUN_SSHD0" = "$([ -e /run/sshd ] && echo yes || echo no)" ] || diffs+="/run/sshd differs"$'\n'
     [ -n "$TRY_UID" ] && d=$(find /tmp /var/tmp /dev/shm /run -xdev -uid "$TRY_UID" -not -path "$WORK/*" 2>/dev/null | head) &&
         [ -n "$d" ] && diffs+="files of uid $TRY_UID: $d"$'\n'
-    for p in $OUR_PORTS; do listening | grep -q ":$p\$" && diffs+="port $p (this run's) still listening"$'\n'; done
-    d=$(diff <(echo "$LISTEN0") <(listening) | grep '^[<>]')
-    [ -n "$d" ] && echo "listening sockets that changed meanwhile (none of them this run's ports):" && echo "$d"
+    # A socket lives only as long as a process holds it: with none of this run's processes left, a listening
+    # socket that came or went meanwhile is another user's (their holders are shown).
+    diff <(echo "$LISTEN0") <(listening) | grep '^[<>]' | while read -r mark a; do
+        echo "  other users' socket $([ "$mark" = ">" ] && echo "opened" || echo "closed") meanwhile: $a" \
+             "$(ss -ltnpH "sport = :${a##*:}" | awk '{print $6}')"
+    done
     rm -rf "$WORK"; [ -e "$WORK" ] && diffs+="$WORK still there"$'\n'
     local found=yes; [ -n "$diffs" ] && found=no && printf '%s' "$diffs"
 
     echo "== summary"
-    for s in "${ORDER[@]}"; do printf '  %-14s %s s\n' "$s" "${SECS[$s]}"; done
+    for s in "${ORDER[@]}"; do printf '  %-15s %s\n' "$s" "${SECS[$s]}"; done
     echo "  trials: ${TRIALS:-none}"
     echo "  machine as found: $found"
     [ "$found" = yes ] || RC=1
@@ -112,11 +118,16 @@ step() {  # step NAME CMD...: run CMD, print and remember its seconds; CMD's exi
     local name=$1 t0=$EPOCHREALTIME rc=0; shift
     echo "== $name"
     "$@" || rc=$?
-    SECS[$name]=$(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}"); ORDER+=("$name")
-    echo "== $name: ${SECS[$name]} s, exit status $rc"
+    SECS[$name]="$(awk "BEGIN {printf \"%.1f\", $EPOCHREALTIME - $t0}") s$([ $rc = 0 ] || echo ", FAILED (exit $rc)")"
+    ORDER+=("$name")
+    echo "== $name: ${SECS[$name]}"
     return "$rc"
 }
-free_port() { "$VENV/bin/python" -c "import socket; s = socket.socket(); s.bind(('$LO', 0)); print(s.getsockname()[1])"; }
+free_ports() {  # N distinct free ports on 127.0.0.1 (all bound at once while picking)
+    "$VENV/bin/python" -c "import socket; s = [socket.socket() for _ in range($1)]
+for x in s: x.bind(('$LO', 0))
+print(*(x.getsockname()[1] for x in s))"
+}
 
 # ---- the throwaway user ----------------------------------------------------------------------------
 useradd -m -s /bin/bash "$TRY_USER"; MADE_USER=1; TRY_UID=$(id -u "$TRY_USER")
@@ -124,7 +135,7 @@ usermod -p '*' "$TRY_USER"  # useradd's "!" password locks the account, and with
 # The venv's interpreter may sit below a folder ssnftry cannot pass (here pyenv's, under /root, mode 700):
 # an ACL entry lets ssnftry alone pass it (not list it), removed at cleanup.
 d=$PYDIR
-while [ "$d" != / ]; do runuser -u "$TRY_USER" -- test -x "$d" || BLOCKED+=("$d"); d=$(dirname "$d"); done
+while [ "$d" != / ]; do [ $((0$(stat -c %a "$d") & 1)) = 1 ] || BLOCKED+=("$d"); d=$(dirname "$d"); done
 
 # ---- packages: rsync (ray up syncs file_mounts), acl if needed; sshd's .deb unpacked (see the header)
 export DEBIAN_FRONTEND=noninteractive
@@ -147,6 +158,7 @@ if [ ! -x "$SSHD" ]; then
 fi
 SSHD_CMD=(env LD_LIBRARY_PATH="$WORK/pkg/usr/lib/x86_64-linux-gnu" "$SSHD")  # libwrap0, if not installed
 for d in "${BLOCKED[@]}"; do echo "ACL: $TRY_USER may pass $d"; setfacl -m "u:$TRY_USER:x" "$d"; done
+runuser -u "$TRY_USER" -- "$VENV/bin/python" -c '' || fail "$TRY_USER cannot run $VENV/bin/python"
 
 # ---- ssnftry's environment, its key, its sshd on 127.0.0.1:<free port> ------------------------------
 HOME_T=$(getent passwd "$TRY_USER" | cut -d: -f6)
@@ -169,7 +181,7 @@ for path in "$VENV/bin/python" "$REPO/tune_main.py" "$REPO/ssnf/__init__.py" "$R
     runuser -u "$TRY_USER" -- test -r "$path" || fail "$TRY_USER cannot read $path"
 done
 
-SSH_PORT=$(free_port); GCS_PORT=$(free_port); AGENT_PORT=$(free_port); OUR_PORTS="$SSH_PORT $GCS_PORT $AGENT_PORT"
+read -r SSH_PORT GCS_PORT AGENT_PORT CLIENT_PORT AS_PORT DB_PORT <<<"$(free_ports 6)"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/key/host_ed25519"
 cat >"$WORK/sshd_config" <<EOF
 ListenAddress $LO
@@ -210,7 +222,7 @@ while data := sock.recv(65536):
 EOF
 chmod 755 "$WORK/relay"
 SSH_OPTS=(-i "$WORK/key/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
-          -o UserKnownHostsFile=/dev/null -o ProxyCommand="$WORK/relay")
+          -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ProxyCommand="$WORK/relay")
 found=$(ssh "${SSH_OPTS[@]}" "$TRY_USER@$LO" "bash --login -c -i 'source ~/.bashrc; command -v python ray'" 2>/dev/null) ||
     { cat "$WORK/sshd.log"; fail "ssh $TRY_USER@$LO through the relay failed"; }
 echo "ssh $TRY_USER@$LO, login shell as ray runs it, finds:" $found
@@ -236,8 +248,10 @@ config["setup_commands"] = ["python -c 'import ssnf, search_spaces, ray; print(r
 config["head_setup_commands"] = []
 config["head_start_ray_commands"] = [
     "ray stop",
-    "export $QUIET; ray start --head --node-ip-address=$LO --port=$GCS_PORT --num-cpus=2"
-    " --include-dashboard=false --dashboard-agent-listen-port=$AGENT_PORT"
+    # Ray's fixed ports (agent 52365, client server 10001, metrics 44217 and 44227) would clash with
+    # other Ray clusters on this machine: free ones instead
+    "export $QUIET AUTOSCALER_METRIC_PORT=$AS_PORT DASHBOARD_METRIC_PORT=$DB_PORT; ray start --head --node-ip-address=$LO --port=$GCS_PORT --num-cpus=2"
+    " --include-dashboard=false --dashboard-agent-listen-port=$AGENT_PORT --ray-client-server-port=$CLIENT_PORT"
     " --autoscaling-config=~/ray_bootstrap_config.yaml"]
 yaml.safe_dump(config, open(f"{work}/onprem.yaml", "w"), sort_keys=False)
 EOF
@@ -254,12 +268,26 @@ UP=1; step "ray up" timeout 600 "${RAY[@]}" up -y --no-config-cache "$WORK/onpre
 echo "listening sockets of $TRY_USER's processes (all must be on $LO):"
 held=$(ss -ltunpH | grep -E "pid=($(pgrep -d'|' -u "$TRY_USER")),") || true
 echo "$held" | awk '{print "  " $1, $5, $7}'
-OUR_PORTS+=" $(echo "$held" | awk 'NF {n = split($5, a, ":"); print a[n]}' | tr '\n' ' ')"
-[ -z "$(echo "$held" | awk -v lo="$LO:" 'NF && index($5, lo) != 1')" ] || fail "$TRY_USER's processes listen beyond $LO"
+# (a dual-stack socket shows 127.0.0.1 as [::ffff:127.0.0.1])
+[ -z "$(echo "$held" | awk 'NF && $5 !~ /^(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\]):/')" ] || fail "$TRY_USER listens beyond $LO"
+SWEEP=(--address auto --data-root "$WORK/data" --categories weave,washer --num-samples 2 --max-epochs 2
+       --scheduler none --storage "$WORK/store" --name onprem --set data.image_size=64
+       --set backbone.pretrained=false --set data.val_fraction=0.25 --set train.batch_size=4)
+SUBMIT_RC=0
 step "ray submit" timeout 1200 "${RAY[@]}" submit --no-config-cache "$WORK/onprem.yaml" "$REPO/tune_main.py" -- \
-    --address auto --data-root "$WORK/data" --categories weave,washer --num-samples 2 --max-epochs 2 \
-    --scheduler none --storage "$WORK/store" --name onprem --set data.image_size=64 \
-    --set backbone.pretrained=false --set data.val_fraction=0.25 --set train.batch_size=4
+    "${SWEEP[@]}" || SUBMIT_RC=$?
+if [ "$SUBMIT_RC" != 0 ]; then
+    # `ray submit` runs ~/tune_main.py, so ~ comes first on sys.path: what does `import ssnf` find there?
+    probe="import ssnf; print(ssnf.__file__, *ssnf.__path__)"
+    where=$(ssh "${SSH_OPTS[@]}" "$TRY_USER@$LO" "cd ~ && $VENV/bin/python -c '$probe'")
+    echo "ray submit failed; in ~ of the head, 'import ssnf' finds: $where"
+    [[ $where == None* ]] && echo "(__file__ None: a folder ~/ssnf shadows" \
+        "the installed package as a namespace package, which has no __version__)"
+    # The rest is still worth testing: the same sweep, run from the checkout ~/ssnf-src with `ray exec`.
+    [ -e "$WORK/store/onprem" ] ||
+        step "ray exec sweep" timeout 1200 "${RAY[@]}" exec --no-config-cache "$WORK/onprem.yaml" \
+            "cd ~/ssnf-src && python tune_main.py ${SWEEP[*]}"
+fi
 step "ray exec" timeout 120 "${RAY[@]}" exec --no-config-cache "$WORK/onprem.yaml" 'ray status'
 check_parquet() {
     "$VENV/bin/python" - "$WORK/store/onprem/results/trials" <<'EOF' | tee "$WORK/parquet.txt"
@@ -276,4 +304,4 @@ EOF
 step "parquet" check_parquet
 TRIALS=$(tail -n 1 "$WORK/parquet.txt")
 step "ray down" timeout 300 "${RAY[@]}" down -y "$WORK/onprem.yaml"; DOWN=1
-RC=0
+[ "$SUBMIT_RC" = 0 ] && RC=0

@@ -72,14 +72,16 @@ def test_launcher_passes_ray_up_validation(name):
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_ships_the_checkout_and_installs_the_pins(name):
     config = load(name)
-    assert config["file_mounts"].get("~/ssnf") == ".", "the checkout goes to ~/ssnf (ray up runs in the repo root)"
+    # the checkout goes to ~/ssnf-src (ray up runs in the repo root); not ~/ssnf: `ray submit` runs
+    # `python ~/tune_main.py`, and a folder ~/ssnf would shadow the installed package
+    assert config["file_mounts"].get("~/ssnf-src") == "." and "~/ssnf" not in config["file_mounts"]
     for local in config["file_mounts"].values():  # ray up asserts each exists
         assert (REPO / local).exists(), local
     # The sync leaves out .git and what .gitignore names (.venv: gigabytes of CUDA wheels).
     assert ".gitignore" in config["rsync_filter"] and "**/.git" in config["rsync_exclude"]
     setup = config["setup_commands"]
-    assert any("-r ~/ssnf/requirements/lock.txt" in c for c in setup)
-    assert any("--no-deps" in c and "-e ~/ssnf" in c for c in setup)
+    assert any("-r ~/ssnf-src/requirements/lock.txt" in c for c in setup)
+    assert any("--no-deps" in c and "-e ~/ssnf-src" in c for c in setup)
     # Only the head needs the weights: the driver extracts the features and ships the extractor.
     assert any("ssnf weights fetch" in c for c in config["head_setup_commands"])
     assert not any("ssnf weights fetch" in c for c in setup)
