@@ -23,6 +23,7 @@ node it ran on, Ray's overhead. One JSON per run in bench/results/ (delete it to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from ssnf.tune.loopback import QUIET_ENV, LoopbackCluster  # noqa: E402
+from ssnf.tune.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
 from tune_main import DEMO_BASE_SETS, DEMO_CATEGORIES  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -66,19 +67,6 @@ def env(features: Path) -> dict:
     return {**os.environ, **QUIET_ENV, "SSNF_FEATURES_DIR": str(features)}
 
 
-class Busy:
-    """One process per CPU at normal priority, spinning: another job on the node."""
-
-    def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.procs:
-            p.kill()
-            p.wait()
-
-
 def run_sweep(run: str, args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="ssnf-bench-cluster-"))
     loaded = run in LOADED
@@ -88,7 +76,7 @@ def run_sweep(run: str, args) -> dict:
         with LoopbackCluster(**TOPOLOGIES["two-workers" if loaded else run]) as cluster:
             cmd = sweep_cmd(cluster.address, work / "store", run, trials, epochs, extra)
             print(f"[{run}] {' '.join(cmd)}", flush=True)
-            with Busy() if loaded else open(os.devnull) as _:
+            with BusyCPUs() if loaded else contextlib.nullcontext():
                 t = time.perf_counter()
                 try:
                     done = subprocess.run(cmd, cwd=REPO, env=env(work / "features"), capture_output=True, text=True,

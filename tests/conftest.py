@@ -35,3 +35,17 @@ def empty_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("SSNF_CACHE_DIR", str(cache))
     return cache
+
+
+# The sweeps' tests (local Ray and loopback clusters): tiny demo data, 64 px, a random backbone, no weights.
+SWEEP_SETS = {"data.image_size": 64, "data.val_fraction": 0.25, "backbone.pretrained": False, "train.batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """Demo categories ``washer`` and ``weave`` (64 px, 12 training images) in the MVTec layout."""
+    from ssnf.data.demo import DemoSpec, ensure_demo
+
+    root = tmp_path_factory.mktemp("sweepdemo")
+    ensure_demo(root, ("washer", "weave"), DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0))
+    return root

@@ -24,21 +24,12 @@ import pytest
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
-from ssnf.data.demo import DemoSpec, ensure_demo  # noqa: E402
-from ssnf.tune.loopback import QUIET_ENV, LoopbackCluster  # noqa: E402
+from ssnf.tune.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
+from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
-# Tiny and fast: 64 px, a random (untrained) backbone, no weights needed.
-BASE_SETS = ["data.image_size=64", "data.val_fraction=0.25", "backbone.pretrained=false", "train.batch_size=4"]
+BASE_SETS = [f"{k}={v}" for k, v in SWEEP_SETS.items()]
 SWEEP_TIMEOUT_S = 420
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clusterdemo")
-    ensure_demo(root, ("washer", "weave"), DEMO)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +75,9 @@ def submitted(*args, tmp_path: Path) -> subprocess.CompletedProcess:
         time.sleep(1)
 
 
-class Busy:
-    """Processes at normal priority that keep every CPU busy, as another job on the node would."""
-
-    def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-        return self
-
-    def __exit__(self, *exc):
-        for p in self.procs:
-            p.kill()
-            p.wait()
-
-
 def test_sweep_spreads_over_both_workers_while_the_cpus_are_busy(cluster, demo_root, tmp_path):
     store = tmp_path / "store"
-    with Busy():
+    with BusyCPUs():
         run(tune_main(cluster.address, *sweep_args(demo_root, store, "spread", "--categories", "washer,weave",
                                                      "--num-samples", "3", "--max-epochs", "2")), tmp_path)
     trials = pd.read_parquet(store / "spread" / "results" / "trials")

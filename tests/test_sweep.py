@@ -18,13 +18,11 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
-from ssnf.data.demo import DemoSpec, ensure_demo  # noqa: E402
 from ssnf.tune.sweep import SweepOptions, best_table, run_sweep, trial_runtime_env  # noqa: E402
+from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
-# Tiny and fast: 64 px, a random (untrained) backbone, no weights needed.
-BASE_SETS = {"data.image_size": 64, "data.val_fraction": 0.25, "backbone.pretrained": False, "train.batch_size": 4}
+BASE_SETS = SWEEP_SETS
 
 
 def diverging_first(trial) -> dict:
@@ -35,13 +33,6 @@ def diverging_first(trial) -> dict:
     if trial.number == 0:
         derived.update({"train.lr": 1e6, "train.grad_clip": 0.0})
     return derived
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweepdemo")
-    ensure_demo(root, ("washer", "weave"), DEMO)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -133,8 +133,6 @@ class LoopbackCluster:
 
     def wait_for_death(self, index: int, timeout: float = 60) -> float:
         """Seconds until the GCS marks worker node ``index`` dead."""
-        import ray
-
         started = time.time()
         node_id = self.node_id(index)
         while time.time() - started < timeout:
@@ -166,6 +164,22 @@ class LoopbackCluster:
         ray.experimental.internal_kv._internal_kv_reset()
         ray._common.utils.reset_ray_address()
         ray._private.services.find_gcs_addresses.cache_clear()
+
+
+class BusyCPUs:
+    """One spinning process per CPU at normal priority while the ``with`` lasts: another job on the node."""
+
+    def __enter__(self) -> "BusyCPUs":
+        import subprocess
+        import sys
+
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
 
 
 def _descendants(pid: int) -> list[int]:

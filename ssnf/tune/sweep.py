@@ -43,13 +43,12 @@ from ssnf.tune.trainable import run_trial, share
 
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
+PROBE_TIMEOUT_S = 3.0  # how long --address may take to answer
 
 
 def trial_runtime_env(niceness: int = 0) -> dict:
     """The sweep's Ray job: every worker (its trials) at ``niceness`` (Ray's own default is 15)."""
     return {"env_vars": {"RAY_worker_niceness": str(niceness)}}
-
-PROBE_TIMEOUT_S = 3.0
 
 
 class SweepInterrupted(SSNFError):
