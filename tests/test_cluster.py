@@ -233,3 +233,23 @@ def test_local_storage_is_refused_where_nodes_run_on_other_machines(tmp_path):
     for accepted in (SweepOptions(data_root="d", categories=["x"], storage="s3://bucket/sweeps"),
                      SweepOptions(data_root="d", categories=["x"], storage=str(tmp_path), shared_storage=True)):
         check_storage(accepted, {"10.1.2.3", "10.1.2.4"}, "10.1.2.3")
+
+
+def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
+    """On a `ray up` head, GPU workers that scale from zero are not refused as missing."""
+    import yaml
+
+    from ssnf.errors import SSNFError
+    from ssnf.tune.sweep import SweepOptions, check_resources, launchable_node_types
+
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text(yaml.safe_dump({"available_node_types": {
+        "head": {"resources": {"CPU": 0}, "max_workers": 0},
+        "gpu": {"resources": {"CPU": 4, "GPU": 1}, "min_workers": 0, "max_workers": 4}}}))
+    assert launchable_node_types(str(config)) == [{"CPU": 4, "GPU": 1}]
+    assert launchable_node_types(str(tmp_path / "none.yaml")) == []
+    options = SweepOptions(data_root="d", categories=["x"], cpus_per_trial=1, gpus_per_trial=0.25)
+    live = [{"CPU": 0.0}]  # only the head is up
+    with pytest.raises(SSNFError, match="no node of this cluster has a GPU"):
+        check_resources(options, live)
+    check_resources(options, live + launchable_node_types(str(config)))

@@ -44,6 +44,7 @@ from ssnf.tune.trainable import run_trial, share
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
 PROBE_TIMEOUT_S = 3.0  # how long --address may take to answer
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the head's autoscaling config
 
 
 def trial_runtime_env(niceness: int = 0) -> dict:
@@ -185,12 +186,29 @@ def start_ray(options: SweepOptions) -> None:
             ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
                      runtime_env=trial_runtime_env(options.trial_niceness))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    check_resources(options, [n.get("Resources", {}) for n in nodes])
+    check_resources(options, [n.get("Resources", {}) for n in nodes] + launchable_node_types())
     check_storage(options, {n.get("NodeManagerAddress", "") for n in nodes}, _driver_ip())
 
 
+def launchable_node_types(path: str = AUTOSCALER_CONFIG) -> list[dict]:
+    """Resources of the node types the cluster's autoscaler may still start: on the head of a cluster from
+    `ray up` (where `ray submit` and `ray job submit` run the driver), GPU workers with ``min_workers: 0``
+    count as grantable before the first one exists."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return []
+    try:
+        types = (yaml.safe_load(file.read_text()) or {}).get("available_node_types") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [dict(t.get("resources") or {}) for t in types.values() if (t.get("max_workers") or 0) > 0]
+
+
 def check_resources(options: SweepOptions, nodes: list[dict]) -> None:
-    """A trial's CPUs and GPUs must fit on one node (Ray does not split a trial across nodes)."""
+    """A trial's CPUs and GPUs must fit on one node (Ray does not split a trial across nodes). ``nodes``:
+    the live nodes' resources, and those of node types the autoscaler may start."""
     total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
     if options.gpus_per_trial > 0 and total["GPU"] == 0:
         raise SSNFError(f"--gpus-per-trial {options.gpus_per_trial:g}, but no node of this cluster has a GPU "
