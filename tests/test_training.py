@@ -135,6 +135,7 @@ def test_feature_cache_is_reused_and_matches_a_fresh_extraction(tiny, monkeypatc
 
 
 def test_prepared_data_are_shared_and_checked(tiny):
+    training.seed_everything(tiny.train.seed)  # the random backbone train() builds, whatever ran before
     splits, model = training.prepare(tiny)
     data = training.prepare_data(tiny, model.extractor, splits)
     alone = train(with_overrides(tiny, train={"epochs": 1}), progress=False)
@@ -143,6 +144,26 @@ def test_prepared_data_are_shared_and_checked(tiny):
     assert pickle.loads(pickle.dumps(data)).key == data.key  # it travels through Ray's object store
     with pytest.raises(Exception, match="prepared data were made for another"):
         train(with_overrides(tiny, data={"image_size": 128}), data=data, progress=False)
+
+
+def test_portable_data_carry_the_extractor_and_the_test_split(tiny, monkeypatch):
+    """What a sweep ships to a node without the dataset or the weights: the same training, the same test."""
+    from ssnf.evaluate import evaluate
+
+    splits, model = training.prepare(tiny)
+    data = pickle.loads(pickle.dumps(training.prepare_data(tiny, model.extractor, splits, portable=True)))
+    assert data.extractor is not None and len(data.test) == len(splits.test)
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("built the backbone although the prepared data carry it")
+
+    monkeypatch.setattr(training, "build_extractor", no_backbone)
+    result = train(with_overrides(tiny, train={"epochs": 1}), data=data, progress=False)
+    from_files = evaluate(result.model, tiny, splits.test)
+    from_decoded = evaluate(result.model, tiny, data.test)
+    np.testing.assert_array_equal(from_files.scores, from_decoded.scores)
+    np.testing.assert_array_equal(from_files.masks, from_decoded.masks)
+    assert from_files.metrics == from_decoded.metrics
 
 
 def test_nan_loss_stops_with_a_reason(tiny, monkeypatch):
