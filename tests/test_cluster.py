@@ -253,3 +253,18 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
     with pytest.raises(SSNFError, match="no node of this cluster has a GPU"):
         check_resources(options, live)
     check_resources(options, live + launchable_node_types(str(config)))
+
+
+def test_address_auto_resolves_as_ray_does_and_fails_in_seconds(monkeypatch):
+    from ssnf.errors import SSNFError
+    from ssnf.tune.loopback import free_port
+    from ssnf.tune.sweep import probe_address
+
+    dead = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", dead)  # what `ray job submit` sets for its driver
+    started = time.time()
+    with pytest.raises(SSNFError, match=f"no Ray cluster answers at {dead}"):
+        probe_address("auto")
+    assert time.time() - started < 10
+    with pytest.raises(SSNFError, match="expected auto, HOST:PORT or ray://HOST:PORT"):
+        probe_address("head-without-port")

@@ -155,14 +155,14 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         raise SSNFError(f"--address {address} is a dashboard (job server) address: submit with `ray job submit "
                         f"--address {address} ... -- python tune_main.py --address auto ...` (cluster/README.md)")
     target = address.removeprefix("ray://")
-    if target == "auto":
-        from ray._private.services import canonicalize_bootstrap_address
+    if target == "auto":  # (not canonicalize_bootstrap_address: it rewrites 127.0.0.1 to another interface)
+        from ray._private.services import get_ray_address_from_environment
 
         try:
-            target = canonicalize_bootstrap_address("auto") or ""
+            target = get_ray_address_from_environment("auto", None) or ""
         except (ConnectionError, ValueError):
             target = ""
-        if not target:
+        if not target or target == "auto":
             raise SSNFError("--address auto: no Ray cluster is running on this machine and RAY_ADDRESS is not set: "
                             "start one (`ray start --head`) or pass the head's HOST:PORT")
     host, _, port = target.rpartition(":")
