@@ -149,7 +149,7 @@ def test_fractional_gpus_put_four_trials_on_one_gpu(demo_root, tmp_path):
     # auto, a trial with a GPU share trains on CUDA).
     with LoopbackCluster(workers=1, cpus_per_worker=1, gpus_per_worker=1) as c:
         run(tune_main(c.address, *sweep_args(
-            demo_root, store, "gpus", "--categories", "washer", "--num-samples", "4", "--max-epochs", "3",
+            demo_root, store, "gpus", "--categories", "washer", "--num-samples", "4", "--max-epochs", "10",
             "--gpus-per-trial", "0.25", "--cpus-per-trial", "0.25", "--max-concurrent", "4",
             "--set", "train.device=cpu")), tmp_path)
         node = c.node_id(0)
