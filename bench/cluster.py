@@ -110,20 +110,6 @@ def checkpoints(experiment: Path) -> dict[str, int]:
     return out
 
 
-def trial_node(cluster: LoopbackCluster) -> int:
-    """Index of the worker node whose raylet runs a trial (a ``ray::ImplicitFunc`` process)."""
-    from ssnf.tune.loopback import _descendants
-
-    for i, node in enumerate(cluster.workers):
-        for pid in _descendants(node.all_processes["raylet"][0].process.pid):
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    return i
-            except OSError:
-                continue
-    raise RuntimeError("no worker node runs a trial")
-
-
 def run_node_loss(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="ssnf-bench-nodeloss-"))
     epochs = 30
@@ -138,7 +124,7 @@ def run_node_loss(args) -> dict:
                 while driver.poll() is None and max(checkpoints(experiment).values(), default=-1) < 1:
                     time.sleep(0.05)
                 before = max(checkpoints(experiment).values())
-                victim = trial_node(cluster)
+                victim = cluster.node_running_a_trial()
                 t_kill = time.perf_counter()
                 cluster.kill_worker(victim)
                 dead_s = cluster.wait_for_death(victim)
@@ -146,7 +132,7 @@ def run_node_loss(args) -> dict:
                 while driver.poll() is None and max(checkpoints(experiment).values()) <= before:
                     if running_s is None:
                         try:
-                            running_s = time.perf_counter() - t_kill if trial_node(cluster) != victim else None
+                            running_s = time.perf_counter() - t_kill if cluster.node_running_a_trial() != victim else None
                         except RuntimeError:
                             pass
                     time.sleep(0.05)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import tempfile
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,13 +123,20 @@ class LoopbackCluster:
         node = self.workers[index]
         raylet = node.all_processes["raylet"][0].process
         pids = [raylet.pid] + _descendants(raylet.pid)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(pids)
         raylet.wait(timeout=30)
         return pids
+
+    def node_running_a_trial(self) -> int:
+        """Index of a worker node whose raylet runs a trial (a ``ray::ImplicitFunc`` process)."""
+        for i, node in enumerate(self.workers):
+            for pid in _descendants(node.all_processes["raylet"][0].process.pid):
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                        return i
+                except OSError:
+                    continue
+        raise RuntimeError("no worker node runs a trial")
 
     def wait_for_death(self, index: int, timeout: float = 60) -> float:
         """Seconds until the GCS marks worker node ``index`` dead."""
@@ -152,11 +159,7 @@ class LoopbackCluster:
                    for pid in _descendants(info.process.pid)]
         for node in nodes:
             cluster.remove_node(node, allow_graceful=False)
-        for pid in orphans:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(orphans)
         for temp in self._temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
         import ray
@@ -180,6 +183,14 @@ class BusyCPUs:
         for p in self.procs:
             p.kill()
             p.wait()
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _descendants(pid: int) -> list[int]:
