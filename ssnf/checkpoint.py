@@ -80,7 +80,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     cfg = from_dict(SSNFConfig, _migrate(payload["config"]))
     extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
     extractor.body.load_state_dict(payload["extractor"], strict=True)
-    model = SSNFModel(extractor, cfg.model, cfg.train.seed)
+    model = SSNFModel(extractor, cfg.model, cfg.train.seed).set_precision(cfg.train.precision)
     model.flows.load_state_dict(payload["flows"], strict=True)
     if payload.get("scoring") is not None:
         model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")

@@ -18,6 +18,7 @@ from ssnf.errors import ConfigError
 T = TypeVar("T")
 
 LAYOUTS = ("auto", "mvtec", "btad", "dagm", "folder")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -214,6 +215,9 @@ class TrainConfig:
     # standard deviation over the training features (0: none); regularises the density where features barely vary
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda
+    # fp32 | bf16: arithmetic of the backbone and the coupling subnets, in training, validation and inference
+    # (bf16: autocast; the couplings' affine, log-determinants and the loss stay float32)
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
@@ -226,6 +230,8 @@ class TrainConfig:
             raise ConfigError(f"train.feature_noise={self.feature_noise} must lie in [0, 10)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 @dataclass

@@ -18,10 +18,9 @@ from ssnf.config import ScoringConfig, SSNFConfig
 from ssnf.data.dataset import DecodedSplit, load_pair
 from ssnf.data.layouts import ANOMALOUS, Sample
 from ssnf.errors import DataError
-from ssnf.features import to_tensor
 from ssnf.metrics import compute_metrics, image_auroc
+from ssnf.inference import Detector
 from ssnf.model.detector import SSNFModel
-from ssnf.scoring import resolve, score
 
 
 @dataclass
@@ -46,10 +45,9 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     Scoring: ``cfg.scoring`` with its ``auto`` settings taken from the model's validated choice."""
     decoded = samples if isinstance(samples, DecodedSplit) else None
     samples = list(decoded.samples if decoded is not None else samples)
-    scoring = resolve(cfg.scoring, model.scoring)
     if not samples:
         raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
-    model.eval()
+    detector = Detector(model, cfg, device, batch_size)
     size = cfg.data.image_size
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):
@@ -58,16 +56,16 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
         else:
             pairs = [load_pair(s, size) for s in samples[start:start + batch_size]]
             images, batch_masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-        m, batch_scores = score(model(to_tensor(images, device)), scoring, (size, size))
-        scores.append(batch_scores.cpu().numpy())
-        maps.append(m.cpu().numpy().astype(np.float32))
+        prediction = detector.predict(images)
+        scores.append(prediction.scores)
+        maps.append(prediction.maps)
         masks.append(batch_masks)
     labels = np.array([s.label for s in samples])
     result = Evaluation(samples, labels, np.concatenate(scores), np.concatenate(maps), np.concatenate(masks),
                         all(s.mask is not None for s in samples if s.label == ANOMALOUS), {})
     pixel = (result.masks, result.maps) if result.has_masks else (None, None)
     result.metrics = compute_metrics(labels, result.scores, *pixel)
-    result.scoring = scoring
+    result.scoring = detector.scoring
     normal = labels == 0
     for defect in sorted({s.defect for s in samples if s.label == ANOMALOUS}):
         chosen = normal | np.array([s.defect == defect for s in samples])

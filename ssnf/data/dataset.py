@@ -12,6 +12,17 @@ from torch.utils.data import Dataset
 
 from ssnf.data.io import open_image, open_mask
 from ssnf.data.layouts import Sample
+from ssnf.errors import DataError
+
+
+def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """An RGB image (PIL, or ``uint8 [H, W, 3]``) at ``size x size``, bilinear (antialiased): how every image the
+    model sees is resized, in training and at inference."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {tuple(image.shape)}")
+        image = Image.fromarray(image)
+    return np.array(image.resize((size, size), Image.BILINEAR))
 
 
 def load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,8 +33,7 @@ def load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
         mask = np.asarray(mask_img.resize((size, size), Image.NEAREST)) > 0
     else:
         mask = np.zeros((size, size), dtype=bool)
-    image = image.resize((size, size), Image.BILINEAR)
-    return np.array(image), mask
+    return resize_image(image, size), mask
 
 
 @dataclass

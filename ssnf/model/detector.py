@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ssnf.backbones.extractor import FeatureExtractor, build_extractor
-from ssnf.config import BackboneConfig, ModelConfig, ScoringConfig
+from ssnf.config import PRECISIONS, BackboneConfig, ModelConfig, ScoringConfig
+from ssnf.errors import ConfigError
 from ssnf.model.flow import ScaleFlow, seed_permutations
-from ssnf.model.subnets import SubnetSpec, parse_blocks
+from ssnf.model.subnets import CouplingSubnet, SubnetSpec, parse_blocks
 
 
 class SSNFModel(nn.Module):
@@ -57,6 +58,17 @@ class SSNFModel(nn.Module):
         for flow, f in zip(self.flows, features):
             if flow.norm is not None:
                 flow.norm.fit(f)
+
+    def set_precision(self, precision: str) -> "SSNFModel":
+        """``fp32`` or ``bf16``: the arithmetic of the backbone and the coupling subnets (``train.precision``).
+        bf16 runs them under autocast; the couplings' affine, the log-determinants and the loss stay float32."""
+        if precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.extractor.precision = precision
+        for module in self.flows.modules():
+            if isinstance(module, CouplingSubnet):
+                module.precision = precision
+        return self
 
     def flow_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.flows.parameters() if p.requires_grad]
