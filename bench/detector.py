@@ -1,7 +1,6 @@
-"""Detector benchmark on the real categories: quality of the default vs its w = 0 ablation, and speed.
+"""Detector quality on the real categories: the default against its ablations (``bench/configs/*.yaml``).
 
     .venv/bin/python bench/detector.py quality [--categories tire,magnetic_tile] [--epochs 20]
-    .venv/bin/python bench/detector.py speed   [--category tire]
     .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...] [--seeds 0,1]  # after a scoring change
     .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
     .venv/bin/python bench/detector.py curves [--categories tire]  # validation per epoch of every run
@@ -10,9 +9,8 @@ Quality: pretrained mobilenetv2_100 at 256x256, a fixed epoch budget, the *last*
 metrics computed once at the end (nothing is selected on test). One JSON per run in --out, so an
 interrupted benchmark resumes where it stopped (delete a JSON to rerun it).
 
-Speed: seconds per epoch with the feature cache, without it (backbone on every normal batch) and with
-a synthetic pool; inference ms/image at batch 1 and 32; peak resident memory. Each measurement runs in
-its own process so that peak memory is its own.
+A variant is a config file: ``--variants default,w0`` reads ``bench/configs/default.yaml`` and
+``bench/configs/w0.yaml`` over the benchmark's base. Speed: ``bench/speed.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +20,6 @@ import dataclasses
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from operator import itemgetter
 from pathlib import Path
@@ -31,54 +27,29 @@ from pathlib import Path
 import torch
 
 from ssnf.checkpoint import load_checkpoint
-from ssnf.config import ScoringConfig, SSNFConfig, to_dict
+from ssnf.cli import load_config
+from ssnf.config import ScoringConfig, SSNFConfig, to_dict, with_overrides
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
-from ssnf.features import load_images, to_tensor
 from ssnf.metrics import paired_auroc_difference
-from ssnf.scoring import image_map_kind, resolve, score
-from ssnf.training import prepare_data, train, validate, with_overrides
+from ssnf.prepared import prepare_data
+from ssnf.scoring import image_map_kind
+from ssnf.training import train
+from ssnf.validation import validate
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {
-    "default": {},  # the paper's architecture and loss, ssnf's defaults (since the anchor: loss.anchor=unchanged)
-    "w0": {"loss": {"weight": 0.0}},  # the same, plain NLL (FastFlow-style training)
-    "w0.05": {"loss": {"weight": 0.05, "anchor": "none"}},  # the default's synthetic term at a quarter of its weight
-    "pool": {"synthesis": {"pool_size": 512}, "loss": {"anchor": "none"}},  # a pool of 512 made once (no anchor)
-    "paper_loss": {"loss": {"weight": 1.0, "form": "constrained", "cap": 1.0, "anchor": "none"}},  # the paper's image-level rule
-    # the mask form without / with the novelty gate, spelled out so that they do not move with the defaults
-    "ungated": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "none", "anchor": "none"}},
-    "gated_w0.2": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
-                           "anchor": "none"}},
-    "gated_w1": {"loss": {"weight": 1.0, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
-                         "anchor": "none"}},
-    # the gated default with w falling linearly to 0 over training (loss.schedule=linear)
-    "gated_linear": {"loss": {"weight": 0.2, "form": "mask", "margin": 1.0, "gate": "novel", "gate_quantile": 0.9,
-                              "schedule": "linear", "anchor": "none"}},
-    # the default with its patches placed on the object (synthesis.foreground=object finds a dark tyre)
-    "object": {"synthesis": {"object_aware": True, "foreground": "object"}, "loss": {"anchor": "none"}},
-    # the default with patches about half as wide (half-width 0.01 + Gamma(2, 0.025), clipped to [0.02, 0.1]
-    # of the side, against 0.03 + Gamma(2, 0.05) in [0.05, 0.2]): harder anomalies that keep the push active
-    "small_patches": {"synthesis": {"gamma_offset": 0.01, "gamma_scale": 0.025, "width_min": 0.02,
-                                    "width_max": 0.1}, "loss": {"anchor": "none"}},
-    # the default with patches pasted as they are (synthesis.blend=paste): sharp seams instead of Poisson's
-    # smooth ones, a local break in the texture (CutPaste's blend) rather than displaced but continuous content
-    "paste": {"synthesis": {"blend": "paste"}, "loss": {"anchor": "none"}},
-    # the previous default: gated mask loss, nothing holding the rest of a synthetic image (loss.anchor=none);
-    # the variants below and above that were run before the anchor spell out anchor=none as well
-    "gated": {"loss": {"anchor": "none"}},
-    # the default since the anchor (loss.anchor=unchanged), spelled out
-    "anchor": {"loss": {"anchor": "unchanged"}},
-    # the default with Gaussian noise of 0.2 channel standard deviations on the flows' training inputs
-    "noise0.2": {"train": {"feature_noise": 0.2}},
-}
+CONFIGS = HERE / "configs"  # one variant = one config file (a partial config tree): bench/configs/<variant>.yaml
 
 
-def base_config(data_root: str, category: str, epochs: int, **sections) -> SSNFConfig:
-    cfg = with_overrides(SSNFConfig(), data={"root": data_root, "category": category, "image_size": 256},
-                         backbone={"name": "mobilenetv2_100"}, train={"epochs": epochs})
-    return with_overrides(cfg, **sections) if sections else cfg
+def variant_config(data_root: str, category: str, epochs: int, variant: str) -> SSNFConfig:
+    """The benchmark's base (256 px, mobilenetv2_100, ``epochs``), then ``bench/configs/<variant>.yaml``."""
+    path = CONFIGS / f"{variant}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+        raise SystemExit(f"no variant {variant!r}: no {path} (known: {known})")
+    return load_config(str(path), ["data.image_size=256", "backbone.name=mobilenetv2_100", f"train.epochs={epochs}"],
+                       data_root, category)
 
 
 def peak_rss_mb() -> float:
@@ -95,7 +66,7 @@ def run_quality(args) -> None:
             if path.is_file():
                 print(f"{path.name}: done already")
                 continue
-            cfg = base_config(args.data_root, category, args.epochs, **VARIANTS[variant])
+            cfg = variant_config(args.data_root, category, args.epochs, variant)
             if args.seed:  # another seed for the flows' init, permutations, batches and synthesis
                 cfg = with_overrides(cfg, train={"seed": args.seed})
             print(f"training {category} / {variant} (seed {cfg.train.seed}) for {args.epochs} epochs", flush=True)
@@ -156,7 +127,7 @@ def rescore_one(out: Path, category: str, variant: str, seed: int) -> None:
     cfg = dataclasses.replace(ckpt.config, scoring=ScoringConfig())
     model = ckpt.model.eval()
     data = prepare_data(cfg, model.extractor, make_splits(load_index(cfg.data), cfg.data))
-    val = validate(model, data.validation, cfg, "cpu")
+    val = validate(model, data.validation, cfg.scoring, cfg.data.image_size, "cpu")
     history = ckpt.history
     if history:  # the last epoch's validation as it is now; what training saw is kept beside it
         before = {k: history[-1].get(k) for k in ("val_image_auroc", "val_pixel_auroc", "val_score", "val_map",
@@ -166,52 +137,6 @@ def rescore_one(out: Path, category: str, variant: str, seed: int) -> None:
     kept = {k: v for k, v in json.loads(path.read_text()).items() if k in ("timings",)} if path.is_file() else {}
     test_and_write(path, category, variant, cfg, model, data.splits.test, history,
                    rescored_from=str(ckpt_path.relative_to(out)), **kept)
-
-
-def measure_one(args) -> None:
-    """One speed measurement in this process; prints one JSON line."""
-    mode = args.mode
-    if mode == "inference":
-        cfg = base_config(args.data_root, args.category, 1)
-        result = train(with_overrides(cfg, loss={"weight": 0.0}), progress=False)
-        model = result.model.eval()
-        scoring = resolve(cfg.scoring, model.scoring)  # what deployment runs: maps and scores, not only flows
-        images = load_images(result.splits.test[:32], 256)
-        timings = {"scoring": to_dict(scoring)}
-        with torch.no_grad():
-            for batch in (1, 32):
-                x = to_tensor(images[:batch])
-                score(model(x), scoring, (256, 256))  # warm-up
-                runs = []
-                for _ in range(5 if batch == 32 else 20):
-                    t = time.perf_counter()
-                    score(model(x), scoring, (256, 256))
-                    runs.append((time.perf_counter() - t) / batch * 1000)
-                timings[f"ms_per_image_batch{batch}"] = statistics.median(runs)
-        print(json.dumps({"mode": mode, **timings, "peak_rss_mb": peak_rss_mb()}))
-        return
-    sections = {"default": {}, "no_cache": {"train": {"feature_cache": False}},
-                "pool": {"synthesis": {"pool_size": 256}, "loss": {"anchor": "none"}}}[mode]
-    cfg = base_config(args.data_root, args.category, 2, **sections)
-    result = train(cfg, progress=False)
-    print(json.dumps({"mode": mode, "epoch_s": result.history[-1]["train_s"], "history": result.history,
-                      "timings": result.timings, "peak_rss_mb": peak_rss_mb()}))
-
-
-def run_speed(args) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for mode in ("default", "no_cache", "pool", "inference"):
-        path = out / f"speed-{args.category}-{mode}.json"
-        if path.is_file():
-            print(f"{path.name}: done already")
-            continue
-        proc = subprocess.run([sys.executable, __file__, "one", "--mode", mode, "--category", args.category,
-                               "--data-root", args.data_root], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"speed {mode} failed:\n{proc.stderr[-3000:]}")
-        path.write_text(proc.stdout.strip().splitlines()[-1])
-        print(path.read_text())
 
 
 def run_name(r: dict) -> str:
@@ -235,18 +160,6 @@ def print_tables(args) -> None:
             print(f"| {r['category']} | {run_name(r)} | {len(h)} | {t['image_auroc']:.3f} | {t['pixel_auroc']:.3f} | "
                   f"{t['aupro']:.3f} | {t['image_f1_max']:.3f} | {sec:.0f} | {h[-1]['val_score']:.3f} | {chosen} |")
         print_seed_tables(rows)
-    speed = {p.stem.split("-")[-1]: json.loads(p.read_text()) for p in sorted(out.glob("speed-*.json"))}
-    if speed:
-        print("\n| measurement | value | peak RSS (MB) |")
-        print("|---|---|---|")
-        for mode in ("default", "no_cache", "pool"):
-            if mode in speed:
-                print(f"| seconds per epoch, {mode.replace('_', ' ')} | {speed[mode]['epoch_s']:.1f} | "
-                      f"{speed[mode]['peak_rss_mb']:.0f} |")
-        if "inference" in speed:
-            s = speed["inference"]
-            print(f"| inference ms/image, batch 1 | {s['ms_per_image_batch1']:.1f} | {s['peak_rss_mb']:.0f} |")
-            print(f"| inference ms/image, batch 32 | {s['ms_per_image_batch32']:.1f} | |")
 
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -341,7 +254,7 @@ def print_difference(category: str, variant: str, seeds: str, out: dict) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["quality", "rescore", "speed", "table", "curves", "one"])
+    parser.add_argument("command", choices=["quality", "rescore", "table", "curves"])
     parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--categories", default="tire,magnetic_tile")
     parser.add_argument("--category", default="tire")
@@ -349,11 +262,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="quality: train.seed (runs named ...-seedN when not 0)")
     parser.add_argument("--seeds", default="", help="rescore: the seeds whose runs to re-score, e.g. 0,1,2,3")
-    parser.add_argument("--mode", default="default")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    {"quality": run_quality, "rescore": run_rescore, "speed": run_speed, "table": print_tables, "curves": print_curves,
-     "one": measure_one}[args.command](args)
+    {"quality": run_quality, "rescore": run_rescore, "table": print_tables, "curves": print_curves}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -54,9 +54,6 @@ def child_epoch(args) -> dict:
 
 
 def child_infer(args) -> dict:
-    import numpy as np
-    import torch
-
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
     from ssnf.features import load_images
@@ -173,9 +170,8 @@ def worktree(rev: str) -> Path:
 
 
 def measure(kind: str, variant: str, args, code: Path | None) -> dict:
-    env = dict(os.environ)
-    if code is not None:  # the reference commit's library ahead of the installed one
-        env["PYTHONPATH"] = str(code)
+    # this checkout's library (or the reference commit's) ahead of the installed one
+    env = {**os.environ, "PYTHONPATH": str(code or REPO)}
     cmd = [sys.executable, __file__, "child", kind, "--variant", variant, "--category", args.category,
            "--data-root", str(args.data_root), "--epochs", str(args.epochs), "--size", str(args.size)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

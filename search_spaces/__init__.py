@@ -17,16 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ssnf.registry import Registry
+
 Space = Callable[[Any], dict]
-SPACES: dict[str, Space] = {}
-
-
-def register_space(name: str) -> Callable[[Space], Space]:
-    def deco(fn: Space) -> Space:
-        SPACES[name] = fn
-        return fn
-
-    return deco
+SPACES: Registry[Space] = Registry("search space")
+register_space = SPACES.register
 
 
 from search_spaces import paper, smoke  # noqa: E402,F401  (registration)

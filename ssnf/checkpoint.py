@@ -8,7 +8,6 @@ epoch and the history.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from ssnf.backbones.extractor import build_extractor
 from ssnf.config import ScoringConfig, SSNFConfig, from_dict, to_dict
 from ssnf.errors import SSNFError
+from ssnf.files import atomic_path
 from ssnf.model.detector import SSNFModel
 
 FORMAT = "ssnf-checkpoint/1"
@@ -37,7 +37,6 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
     """Write atomically: a reader never sees half a file, a crash never leaves one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "config": to_dict(cfg),
@@ -49,9 +48,8 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "extra": extra or {},
         "scoring": to_dict(model.scoring) if model.scoring is not None else None,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -113,10 +113,10 @@ def load_config(path: str | None, sets: Sequence[str], data_root: str | None = N
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
-    tmp.replace(path)
+    from ssnf.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
 
 
 def _train(args: argparse.Namespace) -> int:

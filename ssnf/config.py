@@ -303,6 +303,13 @@ class SSNFConfig:
                               "set loss.anchor=none to use a pool")
 
 
+def with_overrides(cfg: SSNFConfig, **sections: dict[str, Any]) -> SSNFConfig:
+    """``with_overrides(cfg, loss={"weight": 0})``: a copy with some fields of some sections replaced."""
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    )
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A dataclass tree as nested plain values (tuples become lists)."""
     out: dict[str, Any] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ import torch
 from ssnf.backbones.extractor import FeatureExtractor
 from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import Sample
+from ssnf.files import atomic_path
 from ssnf.paths import features_dir
 
 
@@ -91,8 +91,6 @@ class FeatureCache:
                 pass
         self.misses += 1
         feats = extract(extractor, images, device=device)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        torch.save({"features": feats}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"features": feats}, tmp)
         return feats

@@ -12,8 +12,8 @@ import torch
 from ssnf.config import LossConfig, ScoringConfig, SSNFConfig, TrainConfig
 from ssnf.errors import ConfigError
 from ssnf.metrics import pixel_auroc
-from ssnf.loss import (anchor_positions, covered_positions, image_nll, nll_maps, novel_positions, scheduled_weight,
-                       ssnf_loss, unchanged_positions)
+from ssnf.loss import image_nll, nll_maps, scheduled_weight, ssnf_loss
+from ssnf.synthesis.positions import anchor_positions, covered_positions, novel_positions, unchanged_positions
 from ssnf.scoring import (anomaly_maps, bootstrap_pixel_auroc, choose, gaussian_blur, image_scores, position_maps,
                           resolve, score)
 

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from ssnf import training
+from ssnf import prepared, training
 from ssnf.backbones.extractor import FeatureExtractor
 from ssnf.checkpoint import load_checkpoint
 from ssnf.config import SSNFConfig
 from ssnf.data.demo import DemoSpec, ensure_demo
 from ssnf.errors import BackboneError, ConfigError, DataError
-from ssnf.features import FeatureCache
+from ssnf.features import FeatureCache, load_images
+from ssnf.synthesis import patches
 from ssnf.synthesis.reference import COPIES
 from ssnf.inference import Detector
-from ssnf.training import TrainingDiverged, train, with_overrides
+from ssnf.config import with_overrides
+from ssnf.training import TrainingDiverged, train
 
 DEMO = DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0)
 
@@ -60,7 +62,7 @@ def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     assert last["val_pixel_auroc"] == last["val_candidates"][f"pixel/{last['val_map']}"]
     assert last["val_image_auroc"] == last["val_candidates"][f"image/{last['val_image_map']}/{last['val_image_score']}"]
     val_feats = [f[:2] for f in FeatureCache(tmp_path / "unused").features(
-        result.model.extractor, result.splits.val[:2], training.load_images(result.splits.val[:2], 64), 64)]
+        result.model.extractor, result.splits.val[:2], load_images(result.splits.val[:2], 64), 64)]
     a = Detector(result.model, tiny, "cpu").predict_features(val_feats)
     b = Detector(ckpt.model, tiny, "cpu").predict_features(val_feats)
     assert (a.scores == b.scores).all() and (a.maps == b.maps).all()
@@ -104,7 +106,7 @@ def test_weight_zero_never_synthesizes_and_minimises_plain_nll(tiny, monkeypatch
     def forbidden(*args, **kwargs):
         raise AssertionError("w = 0 must not synthesize")
 
-    monkeypatch.setattr(training, "synthesize", forbidden)
+    monkeypatch.setattr(patches, "synthesize", forbidden)
     result = train(with_overrides(tiny, loss={"weight": 0.0}, train={"epochs": 3}), progress=False)
     losses = [h["loss"] for h in result.history]
     assert all(h["synthetic"] == 0.0 and h["loss"] == h["normal"] for h in result.history)
@@ -138,7 +140,7 @@ def test_feature_cache_is_reused_and_matches_a_fresh_extraction(tiny, monkeypatc
 def test_prepared_data_are_shared_and_checked(tiny):
     training.seed_everything(tiny.train.seed)  # the random backbone train() builds, whatever ran before
     splits, model = training.prepare(tiny)
-    data = training.prepare_data(tiny, model.extractor, splits)
+    data = prepared.prepare_data(tiny, model.extractor, splits)
     alone = train(with_overrides(tiny, train={"epochs": 1}), progress=False)
     shared = train(with_overrides(tiny, train={"epochs": 1}), data=data, progress=False)
     assert shared.history[0]["loss"] == pytest.approx(alone.history[0]["loss"], rel=1e-5)
@@ -152,7 +154,7 @@ def test_portable_data_carry_the_extractor_and_the_test_split(tiny, monkeypatch)
     from ssnf.evaluate import evaluate
 
     splits, model = training.prepare(tiny)
-    data = pickle.loads(pickle.dumps(training.prepare_data(tiny, model.extractor, splits, portable=True)))
+    data = pickle.loads(pickle.dumps(prepared.prepare_data(tiny, model.extractor, splits, portable=True)))
     assert data.extractor is not None and len(data.test) == len(splits.test)
 
     def no_backbone(*args, **kwargs):
@@ -191,7 +193,7 @@ def test_bad_setups_fail_before_training(tiny, monkeypatch, overrides, error, me
     def no_training(*args, **kwargs):
         raise AssertionError("training must not start")
 
-    monkeypatch.setattr(training, "load_images", no_training)
+    monkeypatch.setattr(prepared, "load_images", no_training)
     with pytest.raises(error, match=message):
         train(with_overrides(tiny, **overrides), progress=False)
 
@@ -242,28 +244,28 @@ def test_object_placement_uses_the_category_s_objects(tiny, monkeypatch):
     """``foreground=object``: the washers' objects are found once and every patch lands on its image's
     washer; validation's reference defects lie on the washers too."""
     seen = []
-    real = training.synthesize
+    real = patches.synthesize
 
     def spy(target, source, rng, cfg, regions=None):
         image, mask = real(target, source, rng, cfg, regions)
         seen.append((regions, mask))
         return image, mask
 
-    monkeypatch.setattr(training, "synthesize", spy)
+    monkeypatch.setattr(patches, "synthesize", spy)
     cfg = with_overrides(tiny, synthesis={"object_aware": True, "foreground": "object", "min_object": 0.9,
                                           "blend": "paste"}, train={"epochs": 1})
     result = train(cfg, progress=False)
     assert seen and all(r is not None and r[0] is not None and r[1] is not None for r, _ in seen)
     on_object = [float(r[0][m].mean()) for r, m in seen if m.any()]
     assert min(on_object) > 0.5 and np.mean(on_object) > 0.8
-    data = training.prepare_data(cfg, result.model.extractor, result.splits)
-    images = training.load_images(result.splits.val, 64)
-    regions = [training.object_regions(images)[i // COPIES] for i in range(len(images) * COPIES)]
+    data = prepared.prepare_data(cfg, result.model.extractor, result.splits)
+    images = load_images(result.splits.val, 64)
+    regions = [prepared.object_regions(images)[i // COPIES] for i in range(len(images) * COPIES)]
     masks = data.validation.masks[len(images):]
     assert all(r is not None and not (m & ~r).any() for r, m in zip(regions, masks))
     # prepared data carry the training images' regions: a sweep's trials reuse them, nothing is recomputed
-    assert all((a == b).all() for a, b in zip(data.regions, training.object_regions(data.train_images)))
-    monkeypatch.setattr(training, "object_regions", None)
+    assert all((a == b).all() for a, b in zip(data.regions, prepared.object_regions(data.train_images)))
+    monkeypatch.setattr(prepared, "object_regions", None)
     seen.clear()
     train(cfg, progress=False, data=data)
     assert seen and all(r[0] is not None for r, _ in seen)

@@ -24,6 +24,7 @@ import numpy as np
 from ssnf.config import DataConfig
 from ssnf.data.io import IMAGE_EXTENSIONS, image_hw, list_images, open_mask
 from ssnf.errors import DataError
+from ssnf.registry import Registry
 
 NORMAL = 0
 ANOMALOUS = 1
@@ -75,15 +76,8 @@ class DatasetIndex:
 
 
 LayoutReader = Callable[[Path, DataConfig], DatasetIndex]
-LAYOUT_READERS: dict[str, LayoutReader] = {}
-
-
-def register_layout(name: str) -> Callable[[LayoutReader], LayoutReader]:
-    def deco(fn: LayoutReader) -> LayoutReader:
-        LAYOUT_READERS[name] = fn
-        return fn
-
-    return deco
+LAYOUT_READERS: Registry[LayoutReader] = Registry("layout")
+register_layout = LAYOUT_READERS.register
 
 
 def load_index(cfg: DataConfig, verify: bool = True) -> DatasetIndex:

@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssnf.errors import ConfigError
+from ssnf.registry import Registry
 
-BLOCKS: dict[str, type[nn.Module]] = {}
-
-
-def register_block(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        BLOCKS[name] = cls
-        return cls
-
-    return deco
+BLOCKS: Registry[type[nn.Module]] = Registry("block")
+register_block = BLOCKS.register
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,19 @@ def synthesize(target: np.ndarray, source: np.ndarray, rng: np.random.Generator,
         region[dy:dy + ph, dx:dx + pw] = True
     change = np.abs(out.astype(np.int16) - target.astype(np.int16)).mean(axis=2)
     return out, region & (change > cfg.label_tol)
+
+
+def synthetic_batch(images: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: SynthesisConfig,
+                    regions: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic anomaly per ``images[i]`` for ``i`` in ``idx``, with patches from another image of
+    ``images`` drawn by ``rng``: ``(uint8 [B, S, S, 3], bool masks [B, S, S])``. ``regions``: every image's
+    ``object_regions`` entry, for ``foreground=object``."""
+    n = len(images)
+    out, masks = [], []
+    for i in idx:
+        j = int(rng.integers(n - 1))
+        j = j + 1 if j >= i else j  # another image as the source
+        image, mask = synthesize(images[i], images[j], rng, cfg, None if regions is None else (regions[i], regions[j]))
+        out.append(image)
+        masks.append(mask)
+    return np.stack(out), np.stack(masks)

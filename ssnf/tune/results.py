@@ -20,7 +20,6 @@ import os
 import socket
 import time
 import typing
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from ray.tune import Callback
 
 from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
+from ssnf.files import atomic_path
 from ssnf.tune.overrides import trial_config
 
 SCHEMA_VERSION = 8
@@ -117,9 +117,8 @@ def write_table(table: pa.Table, uri: str) -> None:
     filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
     filesystem.create_dir(os.path.dirname(path), recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
-        pq.write_table(table, tmp, filesystem=filesystem)
-        filesystem.move(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, str(tmp))
     else:  # object stores publish an object only once its upload completes
         pq.write_table(table, path, filesystem=filesystem)
 

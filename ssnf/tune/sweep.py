@@ -36,7 +36,7 @@ from ssnf.config import SSNFConfig, from_dict, merge, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
-from ssnf.training import check_splits, prepare_data
+from ssnf.prepared import check_splits, prepare_data
 from ssnf.tune.overrides import check_space
 from ssnf.tune.results import ParquetResults
 from ssnf.tune.trainable import run_trial, share

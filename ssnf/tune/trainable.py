@@ -28,7 +28,8 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
 from ssnf.paths import FEATURES_ENV
-from ssnf.training import PreparedData, TrainingDiverged, train
+from ssnf.prepared import PreparedData
+from ssnf.training import TrainingDiverged, train
 from ssnf.tune.overrides import trial_config
 
 
