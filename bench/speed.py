@@ -142,6 +142,7 @@ def child_profile(args) -> dict:
     wall = time.perf_counter() - t
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
+    flops = _flops(step)
     parts = {"attention": 0.0, "convolution": 0.0, "other": 0.0}
     for event in prof.key_averages():
         name = event.key.lower()
@@ -149,9 +150,36 @@ def child_profile(args) -> dict:
                 "convolution" if any(c in name for c in CONVOLUTION) else "other")
         parts[part] += event.self_cpu_time_total / 1e6
     total = sum(parts.values())
-    return {"step_s": wall, **{f"{k}_share": v / total for k, v in parts.items()},
+    return {"step_s": wall, "step_gflop": flops / 1e9, "step_gflops_per_s": flops / 1e9 / wall,
+            "peak_gflops_per_s": _peak_gflops(cfg.train.precision),
+            **{f"{k}_share": v / total for k, v in parts.items()},
             "top": [(e.key, round(e.self_cpu_time_total / 1e6, 3)) for e in
                     sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]]}
+
+
+def _flops(fn) -> float:
+    """Floating-point operations of ``fn()`` as torch counts them (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _peak_gflops(precision: str) -> float:
+    """What this machine's torch sustains on a large matrix product (all threads), in the given precision:
+    the ceiling the model's FLOPs are compared with."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048**3 / best / 1e9
 
 
 CHILDREN = {"epoch": child_epoch, "infer": child_infer, "profile": child_profile}
@@ -182,7 +210,7 @@ def measure(kind: str, variant: str, args, code: Path | None) -> dict:
 
 def run(args) -> None:
     ref = worktree(args.ref) if args.ref else None
-    runs = ([("ref", "fp32", ref)] if ref else []) + [(v, v, None) for v in args.variants.split(",")]
+    runs = ([("ref", "default", ref)] if ref else []) + [(v, v, None) for v in args.variants.split(",")]
     out = HERE / "results" / f"speed-{args.category}.json"
     stored = {"category": args.category, "size": args.size, "epochs": args.epochs, "ref": args.ref,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,

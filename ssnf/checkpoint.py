@@ -3,6 +3,10 @@
 The file holds the resolved config (nested plain values), the flows, the frozen backbone's weights
 (so loading needs neither the weight cache nor a hub), the scoring chosen on validation, and, for resuming, the optimizer state, the
 epoch and the history.
+
+A *slim* checkpoint (``backbone=False``: a sweep's per-epoch trial checkpoints) keeps only the backbone's
+fingerprint instead of its weights; loading it takes the extractor from the caller or rebuilds it from the
+config (weights cache) and refuses one whose weights differ.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 
 import torch
 
-from ssnf.backbones.extractor import build_extractor
+from ssnf.backbones.extractor import FeatureExtractor, build_extractor
 from ssnf.config import ScoringConfig, SSNFConfig, from_dict, to_dict
 from ssnf.errors import SSNFError
+from ssnf.features import extractor_fingerprint
 from ssnf.files import atomic_path
 from ssnf.model.detector import SSNFModel
 
@@ -34,8 +39,10 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, history: list[dict],
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+                    backbone: bool = True) -> Path:
+    """Write atomically: a reader never sees half a file, a crash never leaves one. ``backbone=False``: the
+    backbone's fingerprint instead of its weights (a slim checkpoint)."""
     path = Path(path)
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -43,7 +50,8 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "epoch": int(epoch),
         "history": history,
         "flows": model.flows.state_dict(),
-        "extractor": model.extractor.body.state_dict(),
+        "extractor": model.extractor.body.state_dict() if backbone else None,
+        "extractor_sha256": None if backbone else extractor_fingerprint(model.extractor),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
         "scoring": to_dict(model.scoring) if model.scoring is not None else None,
@@ -65,7 +73,9 @@ def _migrate(config: dict) -> dict:
 LOSS_BEFORE = {"gate": "none", "anchor": "none"}  # loss keys older checkpoints lack, as those versions behaved
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: FeatureExtractor | None = None) -> Checkpoint:
+    """The checkpoint at ``path``. ``extractor``: the frozen backbone to use (a slim checkpoint's, checked
+    against its fingerprint); default: the one stored in the file, else rebuilt from the config."""
     path = Path(path)
     if not path.is_file():
         raise SSNFError(f"checkpoint {path} does not exist")
@@ -76,8 +86,16 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoin
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SSNFError(f"{path} is not an ssnf checkpoint ({FORMAT})")
     cfg = from_dict(SSNFConfig, _migrate(payload["config"]))
-    extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
-    extractor.body.load_state_dict(payload["extractor"], strict=True)
+    if extractor is None and payload["extractor"] is not None:
+        extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
+        extractor.body.load_state_dict(payload["extractor"], strict=True)
+    elif extractor is None:
+        extractor = build_extractor(cfg.backbone)
+    extractor.precision = cfg.train.precision
+    expected = payload.get("extractor_sha256")
+    if expected and extractor_fingerprint(extractor) != expected:
+        raise SSNFError(f"{path} is a slim checkpoint and the backbone at hand is not the one it was trained on "
+                        f"({cfg.backbone.name}, weights {extractor.source}): load it with that backbone")
     model = SSNFModel(extractor, cfg.model, cfg.train.seed).set_precision(cfg.train.precision)
     model.flows.load_state_dict(payload["flows"], strict=True)
     if payload.get("scoring") is not None:

@@ -177,11 +177,13 @@ def step_loss(model: SSNFModel, batch: Batch, cfg: SSNFConfig, progress: float) 
 
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
-          resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None) -> TrainResult:
+          resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None,
+          slim_checkpoints: bool = False) -> TrainResult:
     """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch.
 
     ``data``: prepared data to use instead of reading and extracting (a sweep's shared copy); it must
-    have been made for the same data, backbone and seed.
+    have been made for the same data, backbone and seed. ``slim_checkpoints``: leave the frozen backbone's
+    weights out of the checkpoints (a sweep's trials: the backbone is the experiment's, not the trial's).
     """
     t_start = time.perf_counter()
     seed = cfg.train.seed
@@ -238,7 +240,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             report["val_s"] = time.perf_counter() - t
         history.append(report)
         if out_dir is not None:
-            save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer)
+            save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer,
+                            backbone=not slim_checkpoints)
         if show:
             shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "novel", "val_image_auroc",
                                                                         "val_pixel_auroc", "val_score")}
@@ -253,7 +256,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
 def _resume(path: Path, cfg: SSNFConfig, model: SSNFModel, optimizer: torch.optim.Optimizer,
             device) -> tuple[list[dict], int]:
     """Load the flows, the scoring and the optimizer of the checkpoint at ``path``: its history and epoch."""
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device, extractor=model.extractor)
     if ckpt.config != cfg:
         raise SSNFError(f"cannot resume from {path}: it was trained with a different config")
     model.flows.load_state_dict(ckpt.model.flows.state_dict())

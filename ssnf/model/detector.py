@@ -33,8 +33,7 @@ class SSNFModel(nn.Module):
         self.flows = nn.ModuleList(
             ScaleFlow(
                 channels,
-                SubnetSpec(hidden=cfg.hidden, blocks=stack, heads=cfg.heads, dropout=cfg.attn_dropout,
-                           kv_size=cfg.attn_kv_size, pos_encoding=cfg.pos_encoding),
+                SubnetSpec.from_config(cfg, stack),
                 cfg.couplings, cfg.clamp, cfg.permute_soft, cfg.norm,
                 cfg.pos_channels if cfg.position else 0,
             )

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssnf.config import ModelConfig
 from ssnf.errors import ConfigError
 from ssnf.registry import Registry
 
@@ -28,14 +29,20 @@ register_block = BLOCKS.register
 
 @dataclass(frozen=True)
 class SubnetSpec:
-    """Everything a subnet needs, for one scale."""
+    """Everything a subnet needs, for one scale. The defaults are ``ModelConfig``'s (spelled once, there)."""
 
-    hidden: int = 128
-    blocks: tuple[str, ...] = ("conv", "attn")
-    heads: int = 4
-    dropout: float = 0.0  # attention dropout
-    kv_size: int = 16  # keys/values are pooled to at most kv_size x kv_size positions
-    pos_encoding: bool = True  # add a 2-D sinusoidal encoding before attention
+    hidden: int = ModelConfig.hidden
+    blocks: tuple[str, ...] = tuple(ModelConfig.blocks.split(","))  # one scale's stack
+    heads: int = ModelConfig.heads
+    dropout: float = ModelConfig.attn_dropout  # attention dropout
+    kv_size: int = ModelConfig.attn_kv_size  # keys/values are pooled to at most kv_size x kv_size positions
+    pos_encoding: bool = ModelConfig.pos_encoding  # add a 2-D sinusoidal encoding before attention
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, blocks: tuple[str, ...]) -> "SubnetSpec":
+        """The spec of one scale of ``cfg`` whose stack is ``blocks`` (``parse_blocks``)."""
+        return cls(hidden=cfg.hidden, blocks=tuple(blocks), heads=cfg.heads, dropout=cfg.attn_dropout,
+                   kv_size=cfg.attn_kv_size, pos_encoding=cfg.pos_encoding)
 
 
 def parse_blocks(spelling: str, n_scales: int) -> list[tuple[str, ...]]:

@@ -16,6 +16,7 @@ Every column is typed by the schema, so files of different trials always agree. 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -33,6 +34,7 @@ from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.files import atomic_path
 from ssnf.tune.overrides import trial_config
+from ssnf.tune.trainable import HISTORY
 
 SCHEMA_VERSION = 8
 STATUSES = ("completed", "stopped", "diverged", "error")
@@ -206,11 +208,16 @@ class ParquetResults(Callback):
 
 
 def _checkpoint_history(trial) -> list[dict]:
-    """The history stored in the trial's latest checkpoint: exactly the epochs its model was trained for."""
+    """The history of the trial's latest checkpoint: exactly the epochs its model was trained for. Read from
+    the checkpoint's ``history.json`` alone (not the checkpoint file), wherever the storage is."""
     checkpoint = trial.checkpoint
     if checkpoint is None:
         return []
-    with checkpoint.as_directory() as folder:
+    path = f"{checkpoint.path}/{HISTORY}"
+    if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.File:
+        with checkpoint.filesystem.open_input_stream(path) as stream:
+            return list(json.loads(stream.read()))
+    with checkpoint.as_directory() as folder:  # a checkpoint written before history.json
         payload = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
     return list(payload["history"])
 

@@ -14,6 +14,7 @@ device, process niceness) and what receiving the data cost.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,10 +28,13 @@ from ray import tune
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
+from ssnf.files import atomic_path
 from ssnf.paths import FEATURES_ENV
 from ssnf.prepared import PreparedData
 from ssnf.training import TrainingDiverged, train
 from ssnf.tune.overrides import trial_config
+
+HISTORY = "history.json"  # a trial checkpoint's epoch reports, readable without loading the checkpoint
 
 
 @dataclass
@@ -71,12 +75,19 @@ def run_trial(config: dict, base: dict, shared: SharedData | None = None, privat
     ckpt_dir.mkdir()
     resume = None
     restored = tune.get_checkpoint()
+    history: list[dict] = []
     if restored is not None:
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / "checkpoint.pt", ckpt_dir / "checkpoint.pt")
+            if (Path(folder) / HISTORY).is_file():
+                history = json.loads((Path(folder) / HISTORY).read_text())
         resume = ckpt_dir / "checkpoint.pt"
 
     def report(epoch_report: dict, model) -> None:
+        # beside the (slim) checkpoint, the history alone: what the driver reads to write the Parquet rows
+        history.append(epoch_report)
+        with atomic_path(ckpt_dir / HISTORY) as tmp:
+            tmp.write_text(json.dumps(history, default=float))
         # Ray's progress table shows the first four metrics of a result: validation first.
         first = [k for k in ("val_score", "val_image_auroc", "val_pixel_auroc", "loss") if k in epoch_report]
         metrics = {k: float(epoch_report[k]) for k in first}
@@ -95,7 +106,7 @@ def run_trial(config: dict, base: dict, shared: SharedData | None = None, privat
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
     try:
-        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data)
+        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data, slim_checkpoints=True)
     except TrainingDiverged as exc:
         # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
         # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.

@@ -1,0 +1,168 @@
+"""The one inference path (``ssnf.inference.Detector``), train.precision, and the small shared helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssnf.checkpoint import load_checkpoint
+from ssnf.config import SSNFConfig, with_overrides
+from ssnf.data.demo import DemoSpec, ensure_demo
+from ssnf.errors import ConfigError, DataError, SSNFError
+from ssnf.evaluate import evaluate
+from ssnf.features import FeatureCache, load_images
+from ssnf.files import atomic_path
+from ssnf.inference import Detector
+from ssnf.loss import image_nll
+from ssnf.model.flow import ScaleFlow
+from ssnf.model.subnets import SubnetSpec
+from ssnf.prepared import data_key
+from ssnf.registry import Registry
+from ssnf.training import prepare, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny detector trained for one epoch on the demo washers, saved; (config, checkpoint path)."""
+    root = tmp_path_factory.mktemp("inference")
+    ensure_demo(root / "data", ("washer",), DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0))
+    cfg = with_overrides(
+        SSNFConfig(),
+        data={"root": str(root / "data"), "category": "washer", "image_size": 64, "val_fraction": 0.25},
+        backbone={"pretrained": False},
+        model={"hidden": 16, "couplings": 2, "heads": 2},
+        train={"epochs": 1, "batch_size": 4},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSNF_CACHE_DIR", str(root / "cache"))
+        result = train(cfg, out_dir=root / "run", progress=False)
+    return cfg, root / "run" / "checkpoint.pt", result
+
+
+def test_detector_on_files_arrays_and_evaluate_agree(trained, tmp_path):
+    cfg, path, result = trained
+    detector = Detector.load(path)
+    assert detector.scoring.resolved and detector.scoring == load_checkpoint(path).model.scoring
+    test = result.splits.test
+    ev = evaluate(load_checkpoint(path).model, cfg, test)
+    from_files = detector.predict_files([s.image for s in test])
+    np.testing.assert_allclose(from_files.scores, ev.scores, rtol=1e-6)
+    np.testing.assert_allclose(from_files.maps, ev.maps, rtol=1e-6)
+    assert from_files.maps.shape == (len(test), 64, 64) and from_files.maps.dtype == np.float32
+    # images of another size are resized by the detector exactly as the training images were, from arrays or files
+    big = [Image.open(s.image).convert("RGB").resize((96, 80)) for s in test[:3]]
+    for i, image in enumerate(big):
+        image.save(tmp_path / f"big{i}.png")
+    from_arrays = detector.predict([np.asarray(image) for image in big])
+    assert from_arrays.maps.shape == (3, 64, 64)
+    np.testing.assert_array_equal(from_arrays.scores, detector.predict_files(sorted(tmp_path.glob("big*.png"))).scores)
+    assert not np.array_equal(from_arrays.scores, from_files.scores[:3])  # the up- and downscaling did happen
+    empty = detector.predict(np.zeros((0, 64, 64, 3), np.uint8))
+    assert empty.scores.shape == (0,) and empty.maps.shape == (0, 64, 64)
+
+
+def test_detector_refuses_what_is_not_an_rgb_image(trained):
+    detector = Detector.load(trained[1])
+    with pytest.raises(DataError, match=r"expected an RGB uint8 image \[H, W, 3\], got float32 \(20, 30\)"):
+        detector.predict([np.zeros((20, 30), np.float32)])
+
+
+def test_an_untrained_detector_needs_a_resolved_scoring(trained):
+    cfg = trained[0]
+    with pytest.raises(ConfigError, match="never validated"):
+        Detector.build(cfg)
+    fixed = with_overrides(cfg, scoring={"map": "nll", "image_map": "pixel", "image_score": "max"})
+    out = Detector.build(fixed).predict(np.zeros((2, 64, 64, 3), np.uint8))
+    assert out.scores.shape == (2,) and np.isfinite(out.maps).all()
+
+
+def test_bf16_keeps_the_coupling_arithmetic_in_float32():
+    """train.precision=bf16: the subnets run in bfloat16, the flow's outputs, log-determinants and inverse stay
+    float32 and near the float32 model's."""
+    torch.manual_seed(0)
+    flow = ScaleFlow(8, SubnetSpec(hidden=16, blocks=("conv", "attn"), heads=2, kv_size=4), 3, 2.0, False, "none")
+    for block in flow.blocks:  # leave the identity start, so that the subnets matter
+        torch.nn.init.normal_(block.subnet.out.weight, std=0.1)
+    x = torch.randn(4, 8, 8, 8)
+    z32, jac32 = flow(x)
+    for block in flow.blocks:
+        block.subnet.precision = "bf16"
+    z16, jac16 = flow(x)
+    assert z16.dtype == jac16.dtype == torch.float32
+    assert not torch.equal(z16, z32)  # bfloat16 did run
+    torch.testing.assert_close(z16, z32, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(jac16, jac32, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(flow.inverse(z16), x, atol=1e-4, rtol=1e-4)  # the same subnet outputs both ways
+
+
+def test_bf16_trains_and_has_its_own_features(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSNF_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = trained[0]
+    bf16 = with_overrides(cfg, train={"precision": "bf16"})
+    assert data_key(bf16) != data_key(cfg)
+    splits, model = prepare(bf16)
+    assert model.extractor.precision == "bf16"
+    cache = FeatureCache(tmp_path / "features")
+    images = load_images(splits.train[:2], 64)
+    key16 = cache.key(model.extractor, splits.train[:2], 64)
+    f16 = model.extractor(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    model.set_precision("fp32")
+    assert cache.key(model.extractor, splits.train[:2], 64) != key16
+    f32 = model.extractor(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    assert all(a.dtype == torch.float32 and not torch.equal(a, b) for a, b in zip(f16, f32))
+    result = train(bf16, out_dir=tmp_path / "run", progress=False)
+    assert np.isfinite(result.final["loss"]) and 0.0 <= result.final["val_score"] <= 1.0
+    loaded = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model
+    assert loaded.extractor.precision == "bf16"
+    assert torch.isfinite(image_nll(loaded(torch.rand(1, 3, 64, 64)))).all()
+    with pytest.raises(ConfigError, match="train.precision='fp16' is not one of fp32, bf16"):
+        with_overrides(cfg, train={"precision": "fp16"}).validate()
+
+
+def test_registry_refuses_a_name_twice_and_lists_the_known_ones():
+    things = Registry("gadget")
+
+    @things.register("a")
+    def a():
+        return 1
+
+    assert things.register("a")(a) is a  # the same entry again (a module imported twice) is fine
+    with pytest.raises(ValueError, match="gadget 'a' is registered twice"):
+        things.register("a")(lambda: 2)
+    assert things.lookup("a") is a
+    with pytest.raises(ConfigError, match=r"model.thing: unknown gadget 'b'; known: a"):
+        things.lookup("b", "model.thing")
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "file.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("one")
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "one" and sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
+
+
+def test_slim_checkpoints_keep_the_backbone_s_fingerprint_only(trained, tmp_path):
+    """``backbone=False`` (a sweep's trial checkpoints): no backbone weights in the file, loaded with the
+    backbone at hand, and refused with another."""
+    from ssnf.checkpoint import save_checkpoint
+    from ssnf.backbones.extractor import build_extractor
+
+    cfg, path, result = trained
+    full = load_checkpoint(path)
+    slim = save_checkpoint(tmp_path / "slim.pt", full.model, cfg, full.epoch, full.history, backbone=False)
+    assert slim.stat().st_size < 0.5 * path.stat().st_size
+    loaded = load_checkpoint(slim, extractor=full.model.extractor)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.flows.state_dict().values(),
+                                                 full.model.flows.state_dict().values()))
+    assert loaded.model.scoring == full.model.scoring and loaded.history == full.history
+    torch.manual_seed(123)  # another random backbone
+    other = build_extractor(cfg.backbone)
+    with pytest.raises(SSNFError, match=r"slim.pt is a slim checkpoint and the backbone at hand is not the one"):
+        load_checkpoint(slim, extractor=other)
