@@ -6,7 +6,8 @@
 ``run`` measures, each in its own process, one after another so that the machine's noise is shared:
 seconds per training epoch (the last of ``--epochs``, whose first pays the warm-up) and per validation,
 inference ms/image at batch 1 and 32 (backbone + flows + the chosen scoring, images already decoded), and
-a torch-profiler breakdown of one training step of the flows. ``--ref`` runs the same measurements with
+a torch-profiler breakdown of the training loop's steps by part, with the FLOPs of a step and of an image's
+forward against what the CPU sustains on a large matrix product. ``--ref`` runs the same measurements with
 the code of another commit (a git worktree under the system temp folder) for "the current code path";
 only what that commit offered is used there. A variant is a config file under ``bench/configs``
 (``bf16`` -> ``bench/configs/bf16.yaml``; ``fp32``: the defaults). Results: ``bench/results/speed-<category>.json``.
@@ -39,7 +40,7 @@ def _config(args, *extra: str):
     from ssnf.cli import load_config
 
     path = HERE / "configs" / f"{args.variant}.yaml"
-    sets = [f"data.image_size={args.size}", f"train.epochs={args.epochs}", *args.set, *extra]
+    sets = [f"data.image_size={args.size}", f"train.epochs={args.epochs}", *extra, *args.set]
     return load_config(str(path) if path.is_file() else None, sets, str(args.data_root), args.category)
 
 
@@ -106,55 +107,103 @@ def _infer_reference(cfg, images) -> dict:
 
 ATTENTION = ("scaled_dot_product", "softmax", "bmm", "baddbmm", "masked_fill", "_efficient_attention")
 CONVOLUTION = ("convolution", "conv2d", "mkldnn_conv")
+PARTS = ("backbone", "synthesis", "gate+anchor", "optimizer", "attention", "convolution", "other")
+
+
+def _labelled(module, name: str, label: str) -> None:
+    """Wrap ``module.name`` (where it exists) in a profiler scope called ``label``."""
+    from torch.profiler import record_function
+
+    real = getattr(module, name, None)
+    if real is None:
+        return
+
+    def scoped(*args, **kwargs):
+        with record_function(label):
+            return real(*args, **kwargs)
+
+    setattr(module, name, scoped)
 
 
 def child_profile(args) -> dict:
-    """One training step of the default flows on 16 normal + 16 synthetic feature maps (random features of
-    the configured shapes; the flows' cost does not depend on their values), forward and backward, grouped
-    by operator: attention, convolutions, the rest. Self CPU time of the leaf operators."""
+    """The real training loop (``train``) on the first 64 training images for one epoch, under the torch
+    profiler: the share of a step of each part. The parts are scopes put around the library's own functions
+    (backbone, synthesis, the gate's and the anchor's position masks, the optimizer; set-up and validation
+    are left out) and, for the rest (the flows forward and backward, the loss), operator names: attention,
+    convolutions, other. The same wrapping works on the reference commit's code. Self CPU time."""
+    import importlib
+    import importlib.util
+
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from ssnf import training
+    from ssnf.backbones.extractor import FeatureExtractor
+
+    cfg = _config(args, "train.epochs=1", "data.few_shot=72")
+    forward = FeatureExtractor.forward
+    _labelled(FeatureExtractor, "forward", "backbone")
+    _labelled(torch.optim.Adam, "step", "optimizer")
+    _labelled(training, "validate", "validation")
+    for name in ("prepare", "prepare_data"):  # checks, model, features of the training images: not a step
+        _labelled(training, name, "setup")
+    for where in ("ssnf.synthesis.patches", "ssnf.training"):
+        _labelled(importlib.import_module(where), "synthesize", "synthesis")
+    for where in ("ssnf.synthesis.positions", "ssnf.loss"):
+        if importlib.util.find_spec(where) is not None:
+            module = importlib.import_module(where)
+            for name in ("novel_positions", "unchanged_positions"):
+                _labelled(module, name, "gate+anchor")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = training.train(cfg, progress=False)
+    FeatureExtractor.forward = forward
+    steps = max(1, (len(result.splits.train) // cfg.train.batch_size))
+    parts = dict.fromkeys(PARTS, 0.0)
+    scopes = set(PARTS) | {"validation", "setup"}
+    for event in prof.events():
+        scope, parent = None, event.cpu_parent
+        while parent is not None and scope is None:
+            scope = parent.name if parent.name in scopes else None
+            parent = parent.cpu_parent
+        if event.name in scopes:
+            scope = event.name
+        if scope in ("validation", "setup") or event.name.startswith("ProfilerStep"):
+            continue
+        if scope is None:
+            name = event.name.lower()
+            scope = ("attention" if any(a in name for a in ATTENTION) else
+                     "convolution" if any(c in name for c in CONVOLUTION) else "other")
+        parts[scope] += event.self_cpu_time_total / 1e6
+    total = sum(parts.values())
+    step = _flow_step(cfg)
+    return {"steps": steps, "profiled_s_per_step": total / steps, "epoch_train_s": result.history[-1]["train_s"],
+            **{f"{k}_share": v / total for k, v in parts.items()}, **step,
+            "peak_gflops_per_s": _peak_gflops(cfg.train.precision)}
+
+
+def _flow_step(cfg) -> dict:
+    """FLOPs of the flows' forward and backward on a full step (16 normal + 16 synthetic feature maps) and of
+    a forward per image, backbone included: the work the CPU's sustained rate bounds."""
+    import torch
 
     from ssnf.backbones.extractor import build_extractor
     from ssnf.config import BackboneConfig
     from ssnf.loss import image_nll
     from ssnf.model.detector import SSNFModel
 
-    cfg = _config(args)
     extractor = build_extractor(BackboneConfig(name=cfg.backbone.name, strides=cfg.backbone.strides,
                                                pretrained=False))
     model = SSNFModel(extractor, cfg.model, 0)
-    if hasattr(model, "set_precision"):
-        model.set_precision(cfg.train.precision)
-    torch.manual_seed(0)
     size = cfg.data.image_size
     feats = [torch.randn(2 * cfg.train.batch_size, c, size // s, size // s)
              for c, s in zip(extractor.channels, extractor.strides)]
 
     def step():
-        loss = image_nll(model.flow_features(feats)).mean()
-        model.zero_grad(set_to_none=True)
-        loss.backward()
+        image_nll(model.flow_features(feats)).mean().backward()
 
-    step()
-    t = time.perf_counter()
-    step()
-    wall = time.perf_counter() - t
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    flops = _flops(step)
-    parts = {"attention": 0.0, "convolution": 0.0, "other": 0.0}
-    for event in prof.key_averages():
-        name = event.key.lower()
-        part = ("attention" if any(a in name for a in ATTENTION) else
-                "convolution" if any(c in name for c in CONVOLUTION) else "other")
-        parts[part] += event.self_cpu_time_total / 1e6
-    total = sum(parts.values())
-    return {"step_s": wall, "step_gflop": flops / 1e9, "step_gflops_per_s": flops / 1e9 / wall,
-            "peak_gflops_per_s": _peak_gflops(cfg.train.precision),
-            **{f"{k}_share": v / total for k, v in parts.items()},
-            "top": [(e.key, round(e.self_cpu_time_total / 1e6, 3)) for e in
-                    sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]]}
+    with torch.no_grad():
+        forward = _flops(lambda: model(torch.rand(1, 3, size, size)))
+    return {"step_gflop": _flops(step) / 1e9, "forward_gflop_per_image": forward / 1e9}
 
 
 def _flops(fn) -> float:
@@ -231,7 +280,7 @@ def table(path: Path) -> None:
     base = results.get("ref", {})
     print(f"\n{stored['category']} {stored['size']} px, ref {stored['ref']}, commit {stored['commit']}")
     print("| run | s/epoch (train) | validation s | backbone / synthesis / gate s | batch 1 ms/img | batch 32 ms/img |"
-          " flows step s | attention / conv / other |")
+          " step (profiled) s | " + " / ".join(PARTS) + " |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         e, i, p = r.get("epoch", {}), r.get("infer", {}), r.get("profile", {})
@@ -239,8 +288,8 @@ def table(path: Path) -> None:
         cells = [f"{e.get('train_s', float('nan')):.1f}{ratio}", f"{e.get('val_s') or float('nan'):.1f}",
                  f"{e.get('backbone_s', 0):.1f} / {e.get('synthesis_s', 0):.1f} / {e.get('gate_s', 0):.1f}",
                  f"{i.get('batch1_ms', float('nan')):.1f}", f"{i.get('batch32_ms', float('nan')):.1f}",
-                 f"{p.get('step_s', float('nan')):.2f}",
-                 " / ".join(f"{100 * p.get(k + '_share', float('nan')):.0f} %" for k in ("attention", "convolution", "other"))]
+                 f"{p.get('profiled_s_per_step', float('nan')):.2f}",
+                 " / ".join(f"{100 * p.get(k + '_share', float('nan')):.0f} %" for k in PARTS)]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sweep.py [--data-root ../shared/data] [--category tire] [--runs tpe,private,random]
     .venv/bin/python bench/sweep.py table      # print the table of the runs measured so far
+    .venv/bin/python bench/sweep.py --runs random --ref REV   # the same run with another commit's code, then this one's
 
 Each run is one ``tune_main.py`` process on local Ray (the ``smoke`` space, ``--num-samples`` trials,
 ``--max-concurrent`` at a time, one CPU each), started with an empty feature cache of its own:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from speed import worktree  # bench/speed.py: a git worktree of a revision, under the temp folder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -47,20 +50,22 @@ def cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def run_one(run: str, args) -> dict:
+def run_one(run: str, args, code: Path = REPO, label: str = "") -> dict:
+    """One sweep with the code of ``code`` (this checkout, or a worktree of ``--ref``)."""
     storage = Path(args.storage).resolve()
-    name = f"bench-{args.category}-{run}"
+    name = f"bench-{args.category}-{run}{label}"
     shutil.rmtree(storage / name, ignore_errors=True)
     features = Path(tempfile.mkdtemp(prefix="ssnf-bench-features-"))
-    cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-root", args.data_root, "--categories", args.category,
+    cmd = [sys.executable, str(code / "tune_main.py"), "--data-root", args.data_root, "--categories", args.category,
            "--space", "smoke", "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs),
            "--max-concurrent", str(args.max_concurrent), "--cpus-per-trial", "1", "--seed", str(args.seed),
            "--storage", str(storage), "--name", name, *RUNS[run]]
-    env = {**__import__("os").environ, "SSNF_FEATURES_DIR": str(features)}
+    # the library of ``code`` ahead of the installed one, in the driver and (inherited) in Ray's workers
+    env = {**os.environ, "SSNF_FEATURES_DIR": str(features), "PYTHONPATH": str(code)}
     print(f"[{run}] {' '.join(cmd)}", flush=True)
     busy0, total0 = cpu_times()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=code, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     busy1, total1 = cpu_times()
     shutil.rmtree(features, ignore_errors=True)
@@ -71,7 +76,9 @@ def run_one(run: str, args) -> dict:
     completed = trials[trials["status"] == "completed"]
     best = completed.loc[completed["final_val_score"].idxmax()] if len(completed) else None
     result = {
-        "run": run, "category": args.category, "command": " ".join(cmd[1:]), "wall_s": wall,
+        "run": run + label, "category": args.category,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True,
+                                 text=True).stdout.strip(), "command": " ".join(cmd[1:]), "wall_s": wall,
         "trials": len(trials), "statuses": trials["status"].value_counts().to_dict(),
         "trials_per_hour": len(trials) / wall * 3600, "epochs_trained": int(trials["epochs_run"].sum()),
         "cpu_utilisation": (busy1 - busy0) / max(1, total1 - total0),
@@ -128,17 +135,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", default=str(Path(tempfile.gettempdir()) / "ssnf-bench-sweeps"))
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--ref", default="", help="also run each sweep with this git revision's code, just before")
     args = p.parse_args()
     out = Path(args.out)
     if args.command == "run":
+        codes = ([(worktree(args.ref), "-ref")] if args.ref else []) + [(REPO, "")]
         for run in args.runs.split(","):
-            path = out / f"sweep-{args.category}-{run}.json"
-            if path.is_file():
-                print(f"{path.name}: measured already")
-                continue
-            result = run_one(run, args)
-            path.write_text(json.dumps(result, indent=1))
-            print(json.dumps({k: v for k, v in result.items() if k != "command"}), flush=True)
+            for code, label in codes:
+                path = out / f"sweep-{args.category}-{run}{label}.json"
+                if path.is_file():
+                    print(f"{path.name}: measured already")
+                    continue
+                result = run_one(run, args, code, label)
+                path.write_text(json.dumps(result, indent=1))
+                print(json.dumps({k: v for k, v in result.items() if k != "command"}), flush=True)
     print(table(out))
 
 

@@ -19,6 +19,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from ssnf.backbones.extractor import build_extractor
 from ssnf.checkpoint import load_checkpoint, save_checkpoint
-from ssnf.config import SSNFConfig
+from ssnf.config import LossConfig, SSNFConfig
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, SSNFError
@@ -75,6 +76,18 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError("train.device='cuda' but no CUDA device is available")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: unknown, say yes rather than warn for nothing
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def prepare(cfg: SSNFConfig, need_splits: bool = True, extractor=None) -> tuple[Splits | None, SSNFModel]:
@@ -168,12 +181,11 @@ class Batches:
             batch.anchor = anchor_positions(loss, batch.normal, batch.synthetic)
 
 
-def step_loss(model: SSNFModel, batch: Batch, cfg: SSNFConfig, progress: float) -> tuple[torch.Tensor, dict]:
+def step_loss(model: SSNFModel, batch: Batch, loss: LossConfig, progress: float) -> tuple[torch.Tensor, dict]:
     """The loss of one batch at ``progress`` (share of training done): one flow pass over both halves."""
     normal, synthetic = _flow_halves(model, _noisy(batch.normal, batch.noise),
                                      None if batch.synthetic is None else _noisy(batch.synthetic, batch.noise))
-    return ssnf_loss(normal, synthetic, batch.masks, cfg.loss, batch.push, scheduled_weight(cfg.loss, progress),
-                     batch.anchor)
+    return ssnf_loss(normal, synthetic, batch.masks, loss, batch.push, scheduled_weight(loss, progress), batch.anchor)
 
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
@@ -191,6 +203,9 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and not native_bf16(device):
+        warnings.warn(f"train.precision=bf16 on a {device.type} without bfloat16 arithmetic is emulated and slower "
+                      "than float32: set train.precision=fp32 here", stacklevel=2)
     splits, model = prepare(cfg, need_splits=data is None, extractor=None if data is None else data.extractor)
     model.to(device)
     show = sys.stderr.isatty() if progress is None else progress
@@ -218,7 +233,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
         for step in bar:
             batch = batches.batch(order[step * batch_size:(step + 1) * batch_size], rng)
-            loss, terms = step_loss(model, batch, cfg, (epoch * steps + step) / (cfg.train.epochs * steps))
+            loss, terms = step_loss(model, batch, cfg.loss, (epoch * steps + step) / (cfg.train.epochs * steps))
             if not math.isfinite(terms["loss"]):
                 raise TrainingDiverged(f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "
                                        "lower train.lr or model.clamp")

@@ -24,6 +24,7 @@ from ssnf.backbones.weights import (
 from ssnf.config import BackboneConfig
 from ssnf.errors import BackboneError, WeightsError
 
+RANDOM_INIT_SEED = 0  # backbone.pretrained=false: the weights every process builds
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -101,8 +102,12 @@ def build_extractor(cfg: BackboneConfig, reachable: Callable[[], bool] = hub_rea
         described = f"timm hub ({body.pretrained_cfg.get('hf_hub_id') or name})" if hasattr(body, "pretrained_cfg") else "timm hub"
         stats_from = body
     else:
-        body = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
-        full = timm.create_model(name, pretrained=False)
+        # random weights (pretrained=false) are the same in every process: a resumed or distributed run sees the
+        # backbone it started with; the global random streams are left as they were
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            body = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+            full = timm.create_model(name, pretrained=False)
         stats_from = full
         described = "random init"
         if source.kind == "file":
