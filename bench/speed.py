@@ -178,7 +178,7 @@ def child_profile(args) -> dict:
     step = _flow_step(cfg)
     return {"steps": steps, "profiled_s_per_step": total / steps, "epoch_train_s": result.history[-1]["train_s"],
             **{f"{k}_share": v / total for k, v in parts.items()}, **step,
-            "peak_gflops_per_s": _peak_gflops(cfg.train.precision)}
+            "peak_gflops_per_s": _peak_gflops(getattr(cfg.train, "precision", "fp32"))}
 
 
 def _flow_step(cfg) -> dict:

@@ -139,6 +139,7 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     if args.command == "run":
+        out.mkdir(parents=True, exist_ok=True)
         codes = ([(worktree(args.ref), "-ref")] if args.ref else []) + [(REPO, "")]
         for run in args.runs.split(","):
             for code, label in codes:
