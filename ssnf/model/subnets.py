@@ -136,7 +136,8 @@ class AttentionBlock(nn.Module):
             src = F.adaptive_avg_pool2d(y, (min(h, self.kv_size), min(w, self.kv_size)))
         d = c // self.heads
         # [B, positions, heads, d] -> [B, heads, positions, d], contiguous: SDPA's fused CPU kernel needs it
-        # (strided views fall back to the unfused math path, 3-4x slower forward and backward)
+        # (strided views fall back to the unfused math path: 2.5x slower forward and backward at the stride-8
+        # shape, batch 32; docs/benchmarks.md)
         q = self.q(y).flatten(2).transpose(1, 2).reshape(b, h * w, self.heads, d).transpose(1, 2).contiguous()
         kv = self.kv(src).flatten(2).transpose(1, 2)
         k, v = (t.contiguous() for t in kv.reshape(b, kv.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4))
@@ -148,6 +149,8 @@ class AttentionBlock(nn.Module):
 class CouplingSubnet(nn.Module):
     """``c_in -> hidden`` (1x1), residual blocks, ReLU, ``hidden -> c_out`` (1x1, zero-initialised)."""
 
+    precision: str = "fp32"  # set by ``SSNFModel.set_precision``: bf16 runs the subnet under autocast
+
     def __init__(self, c_in: int, c_out: int, spec: SubnetSpec) -> None:
         super().__init__()
         self.inp = nn.Conv2d(c_in, spec.hidden, 1)
@@ -156,8 +159,6 @@ class CouplingSubnet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.to(memory_format=torch.channels_last)
-
-    precision: str = "fp32"  # set by ``SSNFModel.set_precision``: bf16 runs the subnet under autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last: the layout oneDNN's convolutions are fastest in, exact in float32
