@@ -73,13 +73,8 @@ class Detector:
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Prediction:
         """Scores and maps of RGB ``uint8`` images (``[N, H, W, 3]`` or a list of ``[H, W, 3]``)."""
         images = self.prepare(images)
-        scores, maps = [], []
-        for start in range(0, len(images), self.batch_size):
-            outputs = self.model(to_tensor(images[start:start + self.batch_size], self.device))
-            m, s = score(outputs, self.scoring, (self.size, self.size))
-            scores.append(s.float().cpu().numpy())
-            maps.append(m.float().cpu().numpy())
-        return _joined(scores, maps, self.size)
+        return self._scored(len(images), lambda start, end: self.model.extractor(to_tensor(images[start:end],
+                                                                                          self.device)))
 
     def predict_files(self, paths: Sequence[str | Path]) -> Prediction:
         """Scores and maps of image files (decoded as the training images were)."""
@@ -88,10 +83,14 @@ class Detector:
     @torch.no_grad()
     def predict_features(self, features: list[torch.Tensor]) -> Prediction:
         """Scores and maps from backbone features already extracted (per scale ``[N, C, h, w]``)."""
+        return self._scored(len(features[0]), lambda start, end: [f[start:end].to(self.device) for f in features])
+
+    def _scored(self, n: int, batch_features) -> Prediction:
+        """Flows and scoring over ``n`` items, ``batch_features(start, end)`` giving each batch's features."""
         self.model.eval()
         scores, maps = [], []
-        for start in range(0, len(features[0]), self.batch_size):
-            outputs = self.model.flow_features([f[start:start + self.batch_size].to(self.device) for f in features])
+        for start in range(0, n, self.batch_size):
+            outputs = self.model.flow_features(batch_features(start, min(n, start + self.batch_size)))
             m, s = score(outputs, self.scoring, (self.size, self.size))
             scores.append(s.float().cpu().numpy())
             maps.append(m.float().cpu().numpy())
