@@ -6,6 +6,8 @@
         --num-samples 32 --max-epochs 15 --cpus-per-trial 2 --gpus-per-trial 0.25 --max-concurrent 4
     python tune_main.py ... --name my-sweep --resume   # continue an interrupted sweep
     python tune_main.py ... --address auto             # on an existing Ray cluster (see cluster/)
+    python tune_main.py --confirm best/candidates.parquet --seeds 3 --name my-sweep-confirm
+                                             # re-train `python -m analysis select`'s candidates with new seeds
 
 User errors end in one line (``tune_main: error: ...``) and exit status 2, before anything is written.
 """
@@ -27,7 +29,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", help=f"dataset root (default: generate the demo data in {DEMO_ROOT}/)")
     p.add_argument("--categories", help=f"comma-separated categories, one study each (demo: {DEMO_CATEGORIES})")
-    p.add_argument("--space", default="smoke", help="search space name (search_spaces/)")
+    p.add_argument("--space", help="search space name (search_spaces/; default smoke)")
     p.add_argument("--num-samples", type=int, default=None, help="trials per category (demo 6, else 8)")
     p.add_argument("--max-epochs", type=int, default=None, help="epochs of a full-budget trial (demo 4, else 10)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -46,6 +48,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config override")
     p.add_argument("--trial-niceness", type=int, default=0,
                    help="CPU priority of the trials (0: like any other job on the node; Ray's own default is 15)")
+    p.add_argument("--confirm", metavar="CANDIDATES",
+                   help="instead of a search: re-train every candidate of this Parquet (`python -m analysis select "
+                        "... --out DIR` writes DIR/candidates.parquet) with --seeds new seeds, full budget")
+    p.add_argument("--seeds", type=int, default=3, help="--confirm: new seeds per candidate (default 3)")
     p.add_argument("--no-shared-features", action="store_true",
                    help="every trial extracts its own features (for measuring what sharing saves)")
     return p.parse_args(argv)
@@ -59,10 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from ssnf.errors import SSNFError
 
-    demo = args.data_root is None
-    name = args.name or f"{'demo' if demo else args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    confirm = args.confirm is not None
+    demo = args.data_root is None and not confirm
+    space = args.space or "smoke"
+    name = args.name or f"{'confirm' if confirm else 'demo' if demo else space}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.name:
         print("tune_main: error: --resume needs the --name of the experiment to continue", file=sys.stderr)
+        return 2
+    if confirm and (args.space or args.num_samples or args.max_epochs or args.config or args.set):
+        print("tune_main: error: --confirm re-trains the candidates' own configs and budget: --space, --num-samples, "
+              "--max-epochs, --config and --set do not apply", file=sys.stderr)
         return 2
     from ssnf.tune.sweep import SweepInterrupted
 
@@ -84,12 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SweepOptions(
             data_root=data_root,
             categories=[c for c in (args.categories or (DEMO_CATEGORIES if demo else "")).split(",") if c],
-            space=args.space, num_samples=_default(args.num_samples, 6 if demo else 8),
+            space=space, num_samples=_default(args.num_samples, 6 if demo else 8),
             max_epochs=_default(args.max_epochs, 4 if demo else 10), cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, storage=args.storage,
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
-            shared_storage=args.shared_storage, trial_niceness=args.trial_niceness,
+            shared_storage=args.shared_storage, trial_niceness=args.trial_niceness, confirm=args.confirm,
+            seeds=args.seeds,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:
@@ -102,10 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tune_main: interrupted; continue with: python tune_main.py ... --name {name} --resume", file=sys.stderr)
         return 130
     uri = experiment_uri(options)
+    if confirm:
+        print(f"\nConfirmation runs: {uri}/results/trials (each row's `confirms` names the trial it re-trains)")
+        print(f"Select the confirmed configs: python -m analysis select <sweep experiment> {uri} --out <dir>")
+        return 0
     print("\nBest configuration per category (by final val_score among trials that trained the full budget):")
     print(best_table(outcomes))
     print(f"\nResults: {uri}/results/trials and {uri}/results/epochs (pandas.read_parquet reads either folder)")
-    print(f"Experiment: {uri} (resume with --name {name} --resume)")
+    print(f"Experiment: {uri} (resume with --name {name} --resume); Optuna studies: {uri}/optuna/*.journal")
+    print(f"Choose and confirm per category: python -m analysis select {uri} --out best/")
     return 0
 
 

@@ -11,10 +11,18 @@ from ssnf.errors import ConfigError
 FIXED_PREFIXES = ("data.", "backbone.")
 FIXED_KEYS = ("train.seed", "train.epochs")
 HELPER_PREFIX = "space."
+# A confirmation run's sample: which candidate it re-trains, with which seed (tune_main.py --confirm).
+CONFIRMS_KEY = "space.confirms"
+SEED_KEY = "space.seed"
 
 
-def trial_config(base: dict, sample: dict[str, Any]) -> SSNFConfig:
-    """``base`` (nested) with a trial's ``sample`` (dotted keys, ``space.*`` helpers ignored) applied."""
+def trial_config(base: dict, sample: dict[str, Any], confirming: dict | None = None) -> SSNFConfig:
+    """``base`` (nested) with a trial's ``sample`` (dotted keys, ``space.*`` helpers ignored) applied.
+    In a confirmation run (``confirming``: candidate id -> (experiment, trial id, dotted overrides)) the
+    sample names a candidate and a seed: its whole config is applied, with that seed."""
+    if confirming is not None:
+        _, _, overrides = confirming[sample[CONFIRMS_KEY]]
+        return from_dict(SSNFConfig, merge(base, {**overrides, "train.seed": int(sample[SEED_KEY])}))
     overrides = {k: v for k, v in sample.items() if not k.startswith(HELPER_PREFIX)}
     for key in overrides:
         if key.startswith(FIXED_PREFIXES) or key in FIXED_KEYS:
@@ -34,3 +42,51 @@ def check_space(space: Callable, base: dict, samples: int = 8, seed: int = 0) ->
         derived = space(trial) or {}
         trial_config(base, {**trial.params, **derived}).validate()
         study.tell(trial, 0.0)
+
+
+class _Replay:
+    """A stand-in for ``optuna.Trial`` that answers each ``suggest_*`` with the value a sample holds and
+    records the distribution it was asked with."""
+
+    def __init__(self, sample: dict[str, Any]) -> None:
+        self._sample = sample
+        self.number = -1  # unknown on replay; a space must not branch on it for its parameters
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, Any] = {}
+
+    def _answer(self, name: str, distribution) -> Any:
+        if name not in self._sample:
+            raise ConfigError(f"the space asks for {name!r}, which the trial's sample lacks (the space changed?)")
+        value = self._sample[name]
+        if not distribution._contains(distribution.to_internal_repr(value)):
+            raise ConfigError(f"{name}={value!r} lies outside the space's {distribution}")
+        self.params[name] = value
+        self.distributions[name] = distribution
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        from optuna.distributions import FloatDistribution
+
+        return self._answer(name, FloatDistribution(low, high, log=log, step=step))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        from optuna.distributions import IntDistribution
+
+        return self._answer(name, IntDistribution(low, high, log=log, step=step))
+
+    def suggest_categorical(self, name: str, choices):
+        from optuna.distributions import CategoricalDistribution
+
+        return self._answer(name, CategoricalDistribution(list(choices)))
+
+
+def replay_space(space: Callable, sample: dict[str, Any]) -> dict[str, dict]:
+    """The Optuna parameters behind a trial's ``sample``: ``{name: {"value": v, "distribution": json}}``,
+    found by running the define-by-run ``space`` again with every answer taken from the sample. What
+    ``analysis`` rebuilds the Optuna trials from (parameter importance) without the study."""
+    from optuna.distributions import distribution_to_json
+
+    replay = _Replay(sample)
+    space(replay)
+    return {name: {"value": replay.params[name], "distribution": distribution_to_json(d)}
+            for name, d in replay.distributions.items()}

@@ -32,12 +32,13 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from ssnf.backbones.extractor import build_extractor
-from ssnf.config import SSNFConfig, from_dict, merge, to_dict
+from ssnf.config import SSNFConfig, flatten, from_dict, merge, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
 from ssnf.prepared import check_splits, prepare_data
-from ssnf.tune.overrides import check_space
+from ssnf.results import filesystem, read_results, row_config
+from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY, check_space
 from ssnf.tune.results import ParquetResults
 from ssnf.tune.trainable import run_trial, share
 
@@ -77,6 +78,8 @@ class SweepOptions:
     share_features: bool = True  # False: every trial extracts its own features (the benchmark's baseline)
     shared_storage: bool = False  # a local ``storage`` path is mounted at the same place on every node
     trial_niceness: int = 0  # CPU priority of the trials' processes (0: as any other job; Ray's default 15)
+    confirm: str | None = None  # a candidates Parquet (analysis select): re-train each with new seeds instead
+    seeds: int = 3  # confirmation: new seeds per candidate
     verbose: int = 1
 
 
@@ -250,8 +253,58 @@ def _loopback(ip: str) -> bool:
         return False
 
 
-def _searcher(options: SweepOptions, space: Callable):
+JOURNAL_DIR = "optuna"  # <experiment>/optuna/<category>.journal: the Optuna study of each category
+
+
+def journal_uri(options: SweepOptions, category: str) -> str:
+    """Where the category's Optuna study is kept, in the experiment folder (``optuna-dashboard`` opens it)."""
+    return f"{experiment_uri(options)}/{JOURNAL_DIR}/{category}.journal"
+
+
+def local_journal(options: SweepOptions, category: str) -> Path:
+    """The journal file Optuna writes: in the experiment folder on a local storage; for a cloud storage a
+    local copy (under ``~/.cache/ssnf/optuna``), uploaded after every ended trial (``JournalSync``)."""
+    uri = journal_uri(options, category)
+    if "://" not in uri:
+        return Path(uri)
+    return Path("~/.cache/ssnf/optuna").expanduser() / options.name / f"{category}.journal"
+
+
+@dataclass
+class JournalSync:
+    """Copies a local journal to the experiment's cloud folder (called by the results callback)."""
+
+    local: str
+    uri: str
+
+    def __call__(self) -> None:
+        fs, path = filesystem(self.uri)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with open(self.local, "rb") as src, fs.open_output_stream(path) as dst:
+            dst.write(src.read())
+
+    def download(self) -> None:
+        """Before ``--resume`` on a machine whose local copy is missing: fetch the experiment's journal."""
+        fs, path = filesystem(self.uri)
+        if Path(self.local).exists() or fs.get_file_info(path).type != pafs.FileType.File:
+            return
+        Path(self.local).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(path) as src, open(self.local, "wb") as dst:
+            dst.write(src.read())
+
+
+def _storage(journal: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def _searcher(options: SweepOptions, space: Callable, category: str):
     import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if options.searcher == "tpe":
         # Optuna's default of 10 random start-up trials would make a budget of 8 pure random search
@@ -262,7 +315,10 @@ def _searcher(options: SweepOptions, space: Callable):
                                              constant_liar=True)
     else:
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
-    search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler)
+    # the study lives in a journal file in the experiment folder: `optuna-dashboard <file>` shows the live
+    # sweep, and Ray's snapshot of the searcher reopens the same file on --resume (the same study goes on)
+    search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler, study_name=category,
+                          storage=_storage(local_journal(options, category)))
     return ConcurrencyLimiter(search, max_concurrent=options.max_concurrent)
 
 
@@ -279,50 +335,147 @@ def trial_dirname(trial) -> str:
 
 
 def read_trials(uri: str) -> pd.DataFrame:
-    path = f"{uri}/results/trials"
-    if not _exists(path):
+    fs, path = filesystem(f"{uri}/results/trials")
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return pd.DataFrame()
-    return pd.read_parquet(path)
+    return read_results([uri]).trials
+
+
+@dataclass
+class Confirmation:
+    """One category of a confirmation run: the candidates (id -> experiment, trial id, dotted overrides)
+    and the new seeds each is trained with."""
+
+    confirming: dict[str, tuple[str, str, dict]]
+    seeds: list[int]
+
+    @property
+    def runs(self) -> int:
+        return len(self.confirming) * len(self.seeds)
+
+
+def _candidate_id(experiment: str, trial_id: str) -> str:
+    return f"{experiment}:{trial_id}"
+
+
+def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, Confirmation]]:
+    """A confirmation run (``--confirm candidates.parquet``): each category's candidates re-trained with
+    ``seeds`` new seeds (seeds none of them trained with), same budget, same data and backbone."""
+    from ssnf.results import CONFIG_PREFIX
+
+    file = Path(options.confirm).expanduser()
+    if not file.is_file():
+        raise SSNFError(f"--confirm {file}: no such file (write it with `python -m analysis select ... --out DIR`)")
+    try:
+        candidates = pd.read_parquet(file)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        raise SSNFError(f"--confirm {file}: not a Parquet file ({str(exc).splitlines()[0]})") from None
+    needed = {"experiment", "trial_id", "category", f"{CONFIG_PREFIX}train.seed"}
+    if not needed <= set(candidates.columns) or not len(candidates):
+        raise SSNFError(f"--confirm {file}: no candidate rows with {', '.join(sorted(needed))} "
+                        "(write it with `python -m analysis select ... --out DIR`)")
+    if options.seeds < 1:
+        raise SSNFError(f"--seeds={options.seeds} must be at least 1")
+    categories = options.categories or list(dict.fromkeys(candidates["category"]))
+    missing = [c for c in categories if c not in set(candidates["category"])]
+    if missing:
+        raise SSNFError(f"--confirm {file}: no candidate of {', '.join(missing)} "
+                        f"(it has {', '.join(sorted(set(candidates['category'])))})")
+    out = {}
+    for category in categories:
+        rows = candidates[candidates["category"] == category]
+        trees = [row_config(row) for _, row in rows.iterrows()]
+        fixed = {(repr({**t["data"], "root": ""}), repr(t["backbone"]), t["train"]["epochs"]) for t in trees}
+        if len(fixed) > 1:
+            raise SSNFError(f"--confirm {file}: the candidates of {category} differ in data, backbone or budget; "
+                            "confirm them in separate runs")
+        tree = trees[0]
+        if options.data_root:
+            tree["data"]["root"] = str(Path(options.data_root).expanduser().resolve())
+        root = Path(tree["data"]["root"])
+        if not root.is_dir():
+            raise DataError(f"data root {root} (of the candidates of {category}) does not exist: pass --data-root")
+        tree["train"].update(threads=max(1, int(options.cpus_per_trial)), device=_trial_device(options))
+        cfg = from_dict(SSNFConfig, tree)
+        splits = make_splits(load_index(cfg.data), cfg.data)
+        check_splits(cfg, splits)
+        used = {int(t["train"]["seed"]) for t in trees}
+        seeds = [s for s in range(options.seed, options.seed + options.seeds + len(used)) if s not in used][: options.seeds]
+        keep = ("data.", "backbone.", "train.threads", "train.device", "train.seed")
+        confirming = {}
+        for (_, row), t in zip(rows.iterrows(), trees):
+            overrides = {k: v for k, v in flatten(t).items() if not k.startswith(keep)}
+            confirming[_candidate_id(row["experiment"], row["trial_id"])] = (row["experiment"], row["trial_id"], overrides)
+        out[category] = (cfg, splits, Confirmation(confirming, seeds))
+    uri = experiment_uri(options)
+    if not options.resume and _exists(uri):
+        raise SSNFError(f"experiment {uri} exists already: add --resume to continue it, or choose another --name")
+    if options.resume and not any(_exists(f"{uri}/{c}") for c in categories):
+        raise SSNFError(f"--resume: nothing to resume at {uri}")
+    return out
 
 
 def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[CategoryOutcome]:
-    configs = check_options(options, spaces)
+    """The sweep (one Optuna study per category) or, with ``options.confirm``, the confirmation run (each
+    candidate x each new seed, as a grid)."""
+    if options.confirm:
+        plans = {c: (cfg, splits, confirmation) for c, (cfg, splits, confirmation) in check_confirm(options).items()}
+    else:
+        plans = {c: (cfg, splits, None) for c, (cfg, splits) in check_options(options, spaces).items()}
     start_ray(options)
     uri = experiment_uri(options)
-    space = spaces[options.space]
+    space = None if options.confirm else spaces[options.space]
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    for category, (cfg, splits) in configs.items():
+    for category, (cfg, splits, confirmation) in plans.items():
         shared = None
         if options.share_features:  # features, validation and test set, extractor: once, into the object store
             shared = share(prepare_data(cfg, build_extractor(cfg.backbone), splits, portable=True))
         base = to_dict(cfg)
+        confirming = confirmation.confirming if confirmation else None
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=base, shared=shared, private_cache=not options.share_features),
+            tune.with_parameters(run_trial, base=base, shared=shared, private_cache=not options.share_features,
+                                 confirming=confirming),
             resources)
         path = f"{uri}/{category}"
+        sync = None
+        if confirmation is None and "://" in uri:
+            sync = JournalSync(str(local_journal(options, category)), journal_uri(options, category))
         if options.resume and tune.Tuner.can_restore(path):
+            if sync is not None:
+                sync.download()
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
+            callback = ParquetResults(f"{uri}/results", options.name, category, base, cfg.train.epochs,
+                                      options.cpus_per_trial, options.gpus_per_trial, space=space,
+                                      space_name=None if confirmation else options.space, confirming=confirming,
+                                      on_end=sync)
+            if confirmation is None:
+                tune_config = tune.TuneConfig(search_alg=_searcher(options, space, category), scheduler=_scheduler(options),
+                                              num_samples=options.num_samples, trial_dirname_creator=trial_dirname)
+                param_space = None
+            else:  # a fixed grid: every candidate with every new seed, no early stopping
+                tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=options.max_concurrent,
+                                              trial_dirname_creator=trial_dirname)
+                param_space = {CONFIRMS_KEY: tune.grid_search(sorted(confirming)),
+                               SEED_KEY: tune.grid_search(confirmation.seeds)}
             tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=_searcher(options, space), scheduler=_scheduler(options),
-                                            num_samples=options.num_samples, trial_dirname_creator=trial_dirname),
+                trainable, param_space=param_space, tune_config=tune_config,
                 run_config=tune.RunConfig(
                     name=category, storage_path=uri, verbose=options.verbose,
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[ParquetResults(f"{uri}/results", options.name, category, base, options.max_epochs,
-                                              options.cpus_per_trial, options.gpus_per_trial)],
+                    callbacks=[callback],
                 ),
             )
         tuner.fit()
+        expected = confirmation.runs if confirmation else options.num_samples
         ended = read_trials(uri)
         ended = ended[ended["category"] == category]["trial_id"].nunique() if len(ended) else 0
-        if ended < options.num_samples:  # Ray Tune returns normally after Ctrl-C / SIGUSR1
+        if ended < expected:  # Ray Tune returns normally after Ctrl-C / SIGUSR1
             raise SweepInterrupted(
-                f"the sweep stopped with {ended} of {options.num_samples} trials of {category} ended; "
+                f"the sweep stopped with {ended} of {expected} trials of {category} ended; "
                 f"continue with --name {options.name} --resume")
-    return summarize(uri, options.categories)
+    return summarize(uri, list(plans))
 
 
 def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:
@@ -366,4 +519,4 @@ def _num(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
-__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]
+__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "journal_uri", "run_sweep", "summarize"]

@@ -59,8 +59,9 @@ def placement() -> dict:
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "niceness": os.nice(0)}
 
 
-def run_trial(config: dict, base: dict, shared: SharedData | None = None, private_cache: bool = False) -> None:
-    cfg = trial_config(base, config)
+def run_trial(config: dict, base: dict, shared: SharedData | None = None, private_cache: bool = False,
+              confirming: dict | None = None) -> None:
+    cfg = trial_config(base, config, confirming)
     where = placement()
     data: PreparedData | None = None
     if shared is not None:

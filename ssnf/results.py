@@ -1,0 +1,295 @@
+"""Sweep results as Parquet: the versioned schema, its writer and its readers. No Ray, no torch.
+
+Layout under ``<storage>/<experiment>/results/``:
+
+- ``trials/<trial_id>.parquet``: one row per trial (see ``trials_schema``);
+- ``epochs/<trial_id>.parquet``: one row per trained epoch of that trial (``EPOCHS_SCHEMA``).
+
+The Tune callback that writes them when a trial ends is ``ssnf.tune.results.ParquetResults``; it writes a
+trial's files to a temporary name and then renames them, so a crash or ``kill -9`` of the driver loses no
+ended trial and leaves no half file, and a resumed experiment rewrites a trial's files under the same
+name, so nothing is duplicated. ``pandas.read_parquet(".../results/trials")`` reads them with no ssnf
+code; ``read_results`` reads one or several experiments at once (local paths, cloud URIs, globs) and
+refuses mixed schema versions. Every column is typed by the schema, so files of different trials always
+agree. Documented in ``docs/results_schema.md``; bump ``SCHEMA_VERSION`` on any change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import glob
+import json
+import os
+import socket
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from ssnf import __version__
+from ssnf.config import SSNFConfig, flatten, to_dict
+from ssnf.errors import SSNFError
+from ssnf.files import atomic_path
+
+SCHEMA_VERSION = 9
+STATUSES = ("completed", "stopped", "diverged", "error")
+VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
+TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "novel", "anchor", "weight", "val_image_auroc", "val_pixel_auroc", "val_score",
+                "train_s", "val_s", "synthesis_s", "backbone_s", "gate_s", "setup_s")
+SCORING_FIELDS = ("val_map", "val_image_map", "val_image_score")  # the scoring chosen on validation
+CONFIG_PREFIX = "config."
+
+
+class ResultsError(SSNFError):
+    """Results that cannot be read or analysed as asked (named in one line)."""
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    if typing.get_origin(tp) is tuple:
+        return pa.list_(_arrow_type(typing.get_args(tp)[0]))
+    return {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}[tp]
+
+
+def config_fields(cls: type = SSNFConfig, prefix: str = CONFIG_PREFIX) -> list[pa.Field]:
+    """One typed column per config value: ``config.loss.weight`` float64, ``config.backbone.strides`` list<int64>, ..."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_fields(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(pa.field(f"{prefix}{f.name}", _arrow_type(tp)))
+    return out
+
+
+def trials_schema() -> pa.Schema:
+    head = [
+        pa.field("schema_version", pa.int32()), pa.field("experiment", pa.string()),
+        pa.field("category", pa.string()), pa.field("trial_id", pa.string()),
+        pa.field("status", pa.string()), pa.field("failure", pa.string()),
+        pa.field("space", pa.string()), pa.field("params", pa.string()),
+        pa.field("confirms", pa.string()), pa.field("confirms_experiment", pa.string()),
+    ]
+    metrics = (
+        [pa.field(f"final_{m}", pa.float64()) for m in VAL_METRICS]
+        + [pa.field(f"final_{m}", pa.string()) for m in SCORING_FIELDS]
+        + [pa.field("best_val_score", pa.float64()), pa.field("best_epoch", pa.int64())]
+        + [pa.field(f"test_{m}", pa.float64()) for m in TEST_METRICS]
+    )
+    tail = [
+        pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()), pa.field("retries", pa.int64()),
+        pa.field("wall_s", pa.float64()), pa.field("train_s", pa.float64()), pa.field("setup_s", pa.float64()),
+        pa.field("test_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
+        pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
+        pa.field("node_id", pa.string()), pa.field("node_ip", pa.string()), pa.field("gpu_ids", pa.string()),
+        pa.field("device", pa.string()), pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
+        pa.field("data_fetch_s", pa.float64()),
+        pa.field("started_at", pa.timestamp("s", tz="UTC")), pa.field("ended_at", pa.timestamp("s", tz="UTC")),
+    ]
+    return pa.schema(head + config_fields() + metrics + tail, metadata={"ssnf_schema_version": str(SCHEMA_VERSION)})
+
+
+EPOCHS_SCHEMA = pa.schema(
+    [pa.field("schema_version", pa.int32()), pa.field("experiment", pa.string()), pa.field("category", pa.string()),
+     pa.field("trial_id", pa.string()), pa.field("epoch", pa.int64())]
+    + [pa.field(name, pa.float64()) for name in EPOCH_FIELDS]
+    + [pa.field(name, pa.string()) for name in SCORING_FIELDS],
+    metadata={"ssnf_schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def code_version() -> str:
+    """ssnf's version plus the git commit of the checkout, when there is one."""
+    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
+    commit = ""
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref_file = head.parent / ref[5:]
+            commit = ref_file.read_text().strip() if ref_file.is_file() else ""
+        else:
+            commit = ref
+    except OSError:
+        pass
+    return f"{__version__}+{commit[:10]}" if commit else __version__
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``uri`` (a local path or ``s3://``, ``gs://``, ``file://`` ...) and its path there."""
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write ``table`` to ``uri`` (local path or ``s3://``, ``gs://``...) so no reader sees half a file."""
+    fs, path = filesystem(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with atomic_path(path) as tmp:
+            pq.write_table(table, str(tmp))
+    else:  # object stores publish an object only once its upload completes
+        pq.write_table(table, path, filesystem=fs)
+
+
+def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, failure: str | None,
+               cfg: SSNFConfig, history: list[dict], last_result: dict, started: float, ended: float,
+               cpus: float, gpus: float, retries: int = 0, space: str | None = None, params: dict | None = None,
+               confirms: str | None = None, confirms_experiment: str | None = None) -> tuple[dict, list[dict]]:
+    """The ``trials`` row and the ``epochs`` rows of one ended trial. Where it ran comes from its last
+    result: the node that finished it (a retried trial may have started on another). ``params``: the
+    search space's sample, ``{name: {"value": v, "distribution": optuna's JSON}}`` (what rebuilds the
+    Optuna trial); ``confirms``: the trial a confirmation run re-trains with a new seed."""
+    final = history[-1] if history else {}
+    best = max(history, key=lambda h: h.get("val_score", float("-inf"))) if history else {}
+    train_s = sum(h.get("train_s", 0.0) + h.get("val_s", 0.0) for h in history)
+    setup_s = sum(h.get("setup_s", 0.0) for h in history)  # one per (re)start of the trial
+    test_s = float(last_result.get("test_s") or 0.0)
+    wall = ended - started
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
+        "status": status, "failure": failure, "space": space,
+        "params": json.dumps(params, sort_keys=True) if params is not None else None,
+        "confirms": confirms, "confirms_experiment": confirms_experiment,
+        **{f"{CONFIG_PREFIX}{k}": v for k, v in flatten(to_dict(cfg)).items()},
+        **{f"final_{m}": final.get(m) for m in VAL_METRICS + SCORING_FIELDS},
+        "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
+        **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
+        "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
+        "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
+        "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
+        "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(),
+        "node": str(last_result.get("hostname") or socket.gethostname()), "node_id": last_result.get("node_id"),
+        "node_ip": last_result.get("node_ip"), "gpu_ids": last_result.get("gpu_ids"),
+        "device": last_result.get("device"), "niceness": last_result.get("niceness"),
+        "data_bytes": last_result.get("data_bytes"), "data_fetch_s": last_result.get("data_fetch_s"),
+        "started_at": int(started), "ended_at": int(ended),
+    }
+    epochs = [
+        {"schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
+         "epoch": h["epoch"], **{name: h.get(name) for name in EPOCH_FIELDS + SCORING_FIELDS}}
+        for h in history
+    ]
+    return row, epochs
+
+
+def write_trial(results_uri: str, row: dict, epochs: list[dict]) -> None:
+    """One ended trial's two files under ``<experiment>/results`` (named by its trial id)."""
+    results_uri = results_uri.rstrip("/")
+    write_table(pa.Table.from_pylist([row], schema=trials_schema()), f"{results_uri}/trials/{row['trial_id']}.parquet")
+    write_table(pa.Table.from_pylist(epochs, schema=EPOCHS_SCHEMA), f"{results_uri}/epochs/{row['trial_id']}.parquet")
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+
+@dataclass
+class Results:
+    """The trials and epochs of one or several experiments (pandas frames, one row per trial / epoch)."""
+
+    trials: Any  # pandas.DataFrame
+    epochs: Any  # pandas.DataFrame
+    sources: list[str]  # the experiment folders read
+
+    def category(self, name: str) -> "Results":
+        return Results(self.trials[self.trials["category"] == name], self.epochs[self.epochs["category"] == name],
+                       self.sources)
+
+
+def _expand(pattern: str) -> list[str]:
+    """A path, a cloud URI or a glob of either: the experiment folders it names (those with ``results/``)."""
+    if "://" in pattern:
+        fs, path = filesystem(pattern)
+        scheme = pattern.split("://", 1)[0]
+        if not glob.has_magic(path):
+            candidates = [path]
+        else:
+            fixed = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+            infos = fs.get_file_info(pafs.FileSelector(fixed, recursive=True, allow_not_found=True))
+            candidates = [i.path for i in infos if i.type == pafs.FileType.Directory and fnmatch.fnmatch(i.path, path)]
+        exists = [p for p in candidates if fs.get_file_info(p).type == pafs.FileType.Directory]
+        return [_experiment_folder(f"{scheme}://{p}", fs, p) for p in sorted(exists)]
+    paths = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [os.path.expanduser(pattern)]
+    return [_experiment_folder(p, pafs.LocalFileSystem(), os.path.abspath(p)) for p in paths if os.path.isdir(p)]
+
+
+def _experiment_folder(uri: str, fs: pafs.FileSystem, path: str) -> str:
+    """Accept the experiment folder, its ``results/`` or ``results/trials``: return the experiment's."""
+    path = path.rstrip("/")
+    for suffix in ("/results/trials", "/results"):
+        if path.endswith(suffix):
+            return uri.rstrip("/")[: -len(suffix)]
+    return uri.rstrip("/")
+
+
+def _files(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+                  and not os.path.basename(i.path).startswith("."))
+
+
+def _read_folder(fs: pafs.FileSystem, folder: str, schema: pa.Schema, uri: str) -> pa.Table:
+    tables = []
+    for file in _files(fs, folder):
+        version = (pq.read_schema(file, filesystem=fs).metadata or {}).get(b"ssnf_schema_version", b"?").decode()
+        if version != str(SCHEMA_VERSION):
+            raise ResultsError(
+                f"{uri}: results of schema version {version} ({os.path.basename(file)}), but this ssnf reads version "
+                f"{SCHEMA_VERSION} (docs/results_schema.md): analyse them with the ssnf that wrote them, or re-run")
+        tables.append(pq.read_table(file, filesystem=fs, schema=schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def read_results(locations: Iterable[str]) -> Results:
+    """The trials and epochs of every experiment ``locations`` name (folders, ``results/`` folders, cloud URIs,
+    globs), as one pair of frames. One line names what is wrong: nothing there, no results, another schema."""
+    sources: list[str] = []
+    for location in locations:
+        found = _expand(str(location))
+        if not found:
+            raise ResultsError(f"{location}: no such folder (or the glob matches none)")
+        sources += [f for f in found if f not in sources]
+    trials, epochs = [], []
+    for uri in sources:
+        fs, path = filesystem(uri)
+        got = _read_folder(fs, f"{path}/results/trials", trials_schema(), uri)
+        if got.num_rows == 0:
+            raise ResultsError(f"{uri}: no sweep results there (expected {uri}/results/trials/*.parquet)")
+        trials.append(got)
+        epochs.append(_read_folder(fs, f"{path}/results/epochs", EPOCHS_SCHEMA, uri))
+    if not sources:
+        raise ResultsError("no results given")
+    t = pa.concat_tables(trials).to_pandas()
+    e = pa.concat_tables(epochs).to_pandas()
+    duplicated = t[t.duplicated(["experiment", "trial_id"])]
+    if len(duplicated):
+        raise ResultsError(f"trial {duplicated['trial_id'].iloc[0]} of experiment {duplicated['experiment'].iloc[0]} "
+                           "is read twice: two of the folders given are copies of one experiment")
+    return Results(t.reset_index(drop=True), e.reset_index(drop=True), sources)
+
+
+def row_config(row: Any) -> dict:
+    """The nested config of a trials row (its ``config.*`` columns), as ``ssnf train --config`` reads it."""
+    from ssnf.config import unflatten
+
+    flat = {}
+    for key, value in dict(row).items():
+        if isinstance(key, str) and key.startswith(CONFIG_PREFIX):
+            if hasattr(value, "tolist"):  # list columns arrive as numpy arrays
+                value = value.tolist()
+            if isinstance(value, list):
+                value = tuple(value)
+            elif hasattr(value, "item"):  # numpy scalars
+                value = value.item()
+            flat[key[len(CONFIG_PREFIX):]] = value
+    return unflatten(flat)
+
+
+__all__ = ["CONFIG_PREFIX", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
+           "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem",
+           "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]
