@@ -31,7 +31,7 @@ class DataConfig:
     image_size: int = 256  # square side in pixels the images and masks are resized to
     val_fraction: float = 0.1  # share of normal training images held out as validation normals
     few_shot: int = 0  # keep this many normal training images (0: all)
-    seed: int = 0  # drives the validation hold-out and the few-shot choice
+    seed: int = 0  # drives the validation hold-out, its synthetic anomalies and the few-shot choice
     # "folder" layout only: folders under <root>/<category> (absolute paths also work).
     normal_dir: str = "good"
     abnormal_dir: str = "defect"

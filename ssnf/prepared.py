@@ -73,9 +73,10 @@ def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int,
 
 
 def data_key(cfg: SSNFConfig) -> str:
-    """The config values prepared data depend on: data, backbone (and the precision it runs in) and the seed
-    of the validation anomalies."""
-    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.seed, cfg.train.precision], sort_keys=True)
+    """The config values prepared data depend on: data (its seed also draws the validation anomalies) and the
+    backbone (and the precision it runs in). Not the training seed: runs that differ only in it (a sweep's
+    confirmation seeds) share the data and are scored on the same validation set."""
+    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.precision], sort_keys=True)
 
 
 def prepare_data(cfg: SSNFConfig, extractor: FeatureExtractor, splits: Splits, device="cpu",
@@ -90,7 +91,7 @@ def prepare_data(cfg: SSNFConfig, extractor: FeatureExtractor, splits: Splits, d
     cache = FeatureCache()
     feats = cache.features(extractor, splits.train, images, size, device)
     t_features = time.perf_counter() - t0
-    val = build_validation(extractor, load_images(splits.val, size), cfg.train.seed, device)
+    val = build_validation(extractor, load_images(splits.val, size), cfg.data.seed, device)
     t = time.perf_counter()
     regions = object_regions(images)
     timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,

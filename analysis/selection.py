@@ -1,0 +1,199 @@
+"""Which detector to deploy, per category: the sweep's full-budget trials ranked by final validation
+score, the top k re-trained with new seeds (``tune_main.py --confirm``), the best mean validation score
+wins. Test metrics are carried along and reported, never used.
+
+Why a confirmation: the sweep's best trial is the maximum of many noisy validation scores, so its own
+score is biased upwards (the winner's curse) and a config can top the sweep on one lucky seed. Its
+confirmation mean is over new seeds only (the sweep's seed is the one it was selected on), so the lucky
+config can lose there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ssnf.results import CONFIG_PREFIX, Results, ResultsError, row_config
+
+TESTS = ("test_image_auroc", "test_pixel_auroc", "test_aupro")
+
+
+def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search trials (not confirmation runs)."""
+    return trials[trials["confirms"].isna()]
+
+
+def confirmation_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["confirms"].notna()]
+
+
+def full_budget(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that trained their whole budget and have a validation score."""
+    ok = (trials["status"] == "completed") & (trials["epochs_run"] >= trials["budget_epochs"])
+    return trials[ok & trials["final_val_score"].notna()]
+
+
+def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = None) -> pd.DataFrame:
+    """Per category, the ``k`` full-budget sweep trials with the highest final ``val_score`` (column ``rank``,
+    1 = best; ties by trial id). One line names a category that is missing or has no full-budget trial."""
+    if k < 1:
+        raise ResultsError(f"--k={k} must be at least 1")
+    sweep = sweep_rows(trials)
+    if not len(sweep):
+        raise ResultsError("no sweep trials in the results given (only confirmation runs)")
+    present = list(dict.fromkeys(sweep["category"]))
+    wanted = categories or present
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise ResultsError(f"category {missing[0]} is not in the results (they have {', '.join(sorted(present))})")
+    out = []
+    for category in wanted:
+        rows = sweep[sweep["category"] == category]
+        full = full_budget(rows)
+        if not len(full):
+            counts = ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items())
+            raise ResultsError(f"category {category}: none of its {len(rows)} trials trained the full budget "
+                               f"({counts}): run more trials or a larger budget")
+        ranked = full.sort_values(["final_val_score", "trial_id"], ascending=[False, True]).head(k).copy()
+        ranked.insert(0, "rank", range(1, len(ranked) + 1))
+        out.append(ranked)
+    return pd.concat(out, ignore_index=True)
+
+
+@dataclass
+class Selection:
+    """Every candidate (``table``: one row each, ``chosen`` marks the pick of its category) and the chosen
+    trials' full rows (``chosen``: the sweep rows, whose configs are deployed)."""
+
+    table: pd.DataFrame
+    chosen: pd.DataFrame
+    candidates: pd.DataFrame
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def select(results: Results, k: int = 3, categories: list[str] | None = None) -> Selection:
+    """Provisional pick (no confirmation runs of a category in ``results``: the sweep's best) or confirmed
+    pick (the candidate with the best mean validation score over its confirmation seeds)."""
+    cands = candidates(results.trials, k, categories)
+    confirm = full_budget(confirmation_rows(results.trials))
+    rows = []
+    for _, c in cands.iterrows():
+        runs = confirm[(confirm["confirms"] == c["trial_id"]) & (confirm["confirms_experiment"] == c["experiment"])]
+        runs = runs.sort_values("seed")
+        scores = [float(v) for v in runs["final_val_score"]]
+        row = {
+            "category": c["category"], "rank": int(c["rank"]), "experiment": c["experiment"], "trial_id": c["trial_id"],
+            "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]),
+            "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
+            "n_seeds": len(scores), "val_mean": float(np.mean(scores)) if scores else float("nan"),
+            "val_std": _std(scores),
+            **{f"sweep_{t}": c[t] for t in TESTS},
+            **{f"seeds_{t}_mean": float(runs[t].mean()) if len(runs) else float("nan") for t in TESTS},
+        }
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["confirmed"] = False
+    table["chosen"] = False
+    table["reason"] = ""
+    for category, group in table.groupby("category", sort=False):
+        confirmed = group["n_seeds"].gt(0).any()
+        if confirmed:
+            order = group.sort_values(["val_mean", "rank"], ascending=[False, True], na_position="last")
+        else:
+            order = group.sort_values("rank")
+        win = order.index[0]
+        table.loc[group.index, "confirmed"] = bool(confirmed)
+        table.loc[win, "chosen"] = True
+        table.loc[group.index, "reason"] = [_reason(table.loc[i], order, confirmed, i == win) for i in group.index]
+    chosen_ids = table[table["chosen"]][["experiment", "trial_id"]]
+    chosen = cands.merge(chosen_ids, on=["experiment", "trial_id"])
+    return Selection(table, chosen, cands)
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    spread = f" ± {std:.4f}" if not math.isnan(std) else ""
+    return f"{mean:.4f}{spread} over {n} new seed{'s' if n != 1 else ''}"
+
+
+def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> str:
+    n_cand = len(order)
+    if not confirmed:
+        if won:
+            return (f"provisional: best final val_score {row['sweep_val_score']:.4f} of the category's full-budget "
+                    f"trials, one seed; not confirmed (tune_main.py --confirm candidates.parquet)")
+        return f"provisional rank {row['rank']} of {n_cand} (val_score {row['sweep_val_score']:.4f}, one seed)"
+    if row["n_seeds"] == 0:
+        return "no completed confirmation run: cannot win"
+    if won:
+        text = f"confirmed: best mean val_score {_fmt(row['val_mean'], row['val_std'], row['n_seeds'])}"
+        if n_cand > 1:
+            second = order.iloc[1]
+            if second["n_seeds"]:
+                text += (f", ahead of {second['trial_id']} ({_fmt(second['val_mean'], second['val_std'], second['n_seeds'])})"
+                         f" by {row['val_mean'] - second['val_mean']:.4f}")
+        if row["rank"] != 1:
+            text += f"; rank {row['rank']} in the sweep (its single-seed score {row['sweep_val_score']:.4f})"
+        return text
+    place = list(order.index).index(row.name) + 1
+    return (f"confirmation place {place} of {n_cand}: mean val_score {_fmt(row['val_mean'], row['val_std'], row['n_seeds'])}"
+            f" (sweep rank {row['rank']}, single-seed {row['sweep_val_score']:.4f})")
+
+
+def write_selection(selection: Selection, out: str | Path) -> list[Path]:
+    """``out/<category>.yaml`` (the chosen config, as ``ssnf train --config`` reads it), ``out/selection.parquet``
+    (every candidate) and ``out/candidates.parquet`` (the candidates' sweep rows: ``tune_main.py --confirm``)."""
+    import yaml
+
+    from ssnf.config import SSNFConfig, from_dict, to_dict
+    from ssnf.files import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for _, row in selection.chosen.iterrows():
+        info = selection.table[(selection.table["trial_id"] == row["trial_id"])
+                               & (selection.table["experiment"] == row["experiment"])].iloc[0]
+        tree = to_dict(from_dict(SSNFConfig, row_config(row)))  # checked: it loads as a config
+        head = (f"# ssnf config for {row['category']}, chosen by `python -m analysis select`: trial {row['trial_id']} of "
+                f"experiment {row['experiment']}\n# {info['reason']}\n# train it: ssnf train --config {row['category']}.yaml\n")
+        path = out / f"{row['category']}.yaml"
+        with atomic_path(path) as tmp:
+            tmp.write_text(head + yaml.safe_dump(tree, sort_keys=False))
+        written.append(path)
+    config_cols = [c for c in selection.candidates.columns if c.startswith(CONFIG_PREFIX)]
+    table = selection.table.merge(selection.candidates[["experiment", "trial_id"] + config_cols],
+                                  on=["experiment", "trial_id"])
+    for name, frame in (("selection.parquet", table), ("candidates.parquet", selection.candidates)):
+        with atomic_path(out / name) as tmp:
+            frame.to_parquet(tmp, index=False)
+        written.append(out / name)
+    return written
+
+
+def summary(selection: Selection) -> str:
+    """A Markdown table of every candidate: sweep score, seeds' mean ± std, test (reported), the pick."""
+    t = selection.table
+    lines = ["| category | pick | sweep rank | trial | sweep val_score | new seeds | val mean ± std | "
+             "test image AUROC (sweep / seeds' mean) | test pixel AUROC | test AUPRO | why |", "|---" * 11 + "|"]
+    for _, r in t.iterrows():
+        std = "" if math.isnan(r["val_std"]) else f" ± {r['val_std']:.4f}"
+        mean = "n/a" if math.isnan(r["val_mean"]) else f"{r['val_mean']:.4f}{std}"
+        seeds = ",".join(str(s) for s in r["seeds"]) or "-"
+        lines.append(
+            f"| {r['category']} | {'**chosen**' if r['chosen'] else ''}{' (confirmed)' if r['chosen'] and r['confirmed'] else ''} "
+            f"| {r['rank']} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
+            f"{_num(r['sweep_test_image_auroc'])} / {_num(r['seeds_test_image_auroc_mean'])} | "
+            f"{_num(r['sweep_test_pixel_auroc'])} / {_num(r['seeds_test_pixel_auroc_mean'])} | "
+            f"{_num(r['sweep_test_aupro'])} / {_num(r['seeds_test_aupro_mean'])} | {r['reason']} |")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
