@@ -105,6 +105,70 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     assert outcome.best["trial_id"] in table and "| washer |" in table
 
 
+def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_path):
+    """The loop a user runs: sweep -> provisional pick -> confirmation over new seeds -> confirmed pick ->
+    its YAML -> `ssnf train` trains exactly that config. Also: the Optuna study is in the journal file."""
+    import json
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from analysis.selection import select, write_selection
+    from search_spaces import SPACES
+    from ssnf.results import read_results, row_config
+
+    store = tmp_path / "store"
+    common = dict(data_root=str(demo_root), storage=str(store), max_concurrent=2, verbose=0,
+                  base=merge(to_dict(SSNFConfig()), BASE_SETS))
+    run_sweep(SweepOptions(categories=["washer"], space="smoke", num_samples=3, max_epochs=2, scheduler="none",
+                           name="s", **common), SPACES)
+    trials = read_results([store / "s"]).trials
+    assert len(trials) == 3 and set(trials["space"]) == {"smoke"} and trials["confirms"].isna().all()
+
+    # the journal holds the sweep's study: the same parameters and values as the Parquet rows
+    journal = store / "s" / "optuna" / "washer.journal"
+    study = optuna.load_study(study_name="washer", storage=JournalStorage(JournalFileBackend(str(journal))))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    assert sorted(t.value for t in done) == pytest.approx(sorted(trials["final_val_score"]))
+    rows = [{k: v["value"] for k, v in json.loads(p).items()} for p in trials["params"]]
+    canon = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
+    assert sorted(map(canon, (t.params for t in done))) == sorted(map(canon, rows))
+
+    provisional = select(read_results([store / "s"]), k=2)
+    write_selection(provisional, tmp_path / "best")
+    run_sweep(SweepOptions(categories=[], confirm=str(tmp_path / "best" / "candidates.parquet"), seeds=2,
+                           name="s-confirm", **common), SPACES)
+    runs = read_results([store / "s-confirm"]).trials
+    assert len(runs) == 4 and set(runs["status"]) == {"completed"} and set(runs["seed"]) == {1, 2}
+    assert set(runs["confirms"]) == set(provisional.candidates["trial_id"]) and set(runs["confirms_experiment"]) == {"s"}
+    for _, run in runs.iterrows():  # the candidate's config, only the seed changed
+        source = trials[trials["trial_id"] == run["confirms"]].iloc[0]
+        mine, theirs = row_config(run), row_config(source)
+        assert mine["train"].pop("seed") != theirs["train"].pop("seed")
+        assert mine == theirs
+
+    confirmed = select(read_results([store / "s", store / "s-confirm"]), k=2)
+    table = confirmed.table
+    assert table["confirmed"].all() and table["n_seeds"].tolist() == [2, 2]
+    assert table.loc[table["chosen"], "val_mean"].iloc[0] == table["val_mean"].max()
+    write_selection(confirmed, tmp_path / "best2")
+
+    out = tmp_path / "run"
+    env = {**os.environ, "SSNF_FEATURES_DIR": str(ray_session)}
+    done = subprocess.run([sys.executable, "-m", "ssnf", "train", "--config", str(tmp_path / "best2" / "washer.yaml"),
+                           "--out", str(out), "--no-test", "--quiet"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import yaml
+
+    from ssnf.config import from_dict
+
+    chosen = confirmed.chosen.iloc[0]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == to_dict(from_dict(SSNFConfig, row_config(chosen)))
+
+
 def one_slow_trial(trial) -> dict:
     """Module-level space: one small model trained for many short epochs (time to kill its worker)."""
     trial.suggest_categorical("model.hidden", [8])
@@ -212,12 +276,27 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, 
     pd.testing.assert_series_equal(before["final_val_score"], after.loc[before.index, "final_val_score"])
     assert "| weave |" in done.stdout and "--name stopped --resume" in done.stdout
 
+    # --resume went on with the same Optuna study, in the experiment's journal file
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(store / "stopped" / "optuna" / "weave.journal")))
+    assert optuna.get_all_study_names(storage) == ["weave"]
+    study = optuna.load_study(study_name="weave", storage=storage)
+    told = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # a trial asked for just before an interrupt never ran: closed as failed once the study ended, not left running
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert all(any(v == pytest.approx(x) for x in told) for v in trials["final_val_score"]), (told, trials["final_val_score"])
+
 
 @pytest.mark.parametrize("args, message", [
     (["--space", "nope"], "unknown search space 'nope'; known: paper, smoke"),
     (["--categories", "bottle"], "category 'bottle' not found in"),
     (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
     (["--resume", "--name", "never-ran"], "--resume: nothing to resume at"),
+    (["--confirm", "nowhere.parquet"], "--confirm nowhere.parquet: no such file"),
+    (["--confirm", "x.parquet", "--space", "smoke"], "--confirm re-trains the candidates' own configs and budget"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(demo_root, tmp_path, capsys, args, message):
     store = tmp_path / "store"

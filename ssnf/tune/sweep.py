@@ -475,7 +475,25 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
             raise SweepInterrupted(
                 f"the sweep stopped with {ended} of {expected} trials of {category} ended; "
                 f"continue with --name {options.name} --resume")
+        if confirmation is None:
+            close_orphans(local_journal(options, category), category)
+            if sync is not None:
+                sync()
     return summarize(uri, list(plans))
+
+
+def close_orphans(journal: Path, category: str) -> int:
+    """After a study's every trial ended: mark the journal's trials still ``RUNNING`` as failed. Those were
+    asked for just before an interrupt and never ran (the resumed searcher asks anew), so the study and
+    ``optuna-dashboard`` show no trial running forever. Returns how many."""
+    import optuna
+
+    storage = _storage(journal)
+    study = optuna.load_study(study_name=category, storage=storage)
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in orphans:
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(orphans)
 
 
 def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:

@@ -1,0 +1,193 @@
+"""analysis/: reading experiments, selection with confirmation, importance, honest evaluation, the
+notebooks, and the CLI's one-line errors, on sweep results written by the real Parquet writer (no Ray)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.honest import honest
+from analysis.importance import importances, objective, rebuild_study
+from analysis.notebook import NotebookError, notebooks, run_notebook
+from analysis.selection import candidates, select, write_selection
+from ssnf.results import ResultsError, read_results, row_config
+from tests.helpers.fake_sweep import write_confirmation, write_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    write_sweep(store, "sweep")
+    return store
+
+
+def _trials(store: Path) -> pd.DataFrame:
+    return read_results([store / "sweep"]).trials
+
+
+def test_read_results_accepts_folders_results_folders_and_globs(store, tmp_path):
+    write_sweep(tmp_path, "other", categories=("washer",), n=4, seed=3)
+    one = read_results([store / "sweep"])
+    assert len(one.trials) == 24 and set(one.trials["category"]) == {"washer", "weave"}
+    assert len(one.epochs) == one.trials["epochs_run"].sum()
+    assert len(read_results([store / "sweep" / "results"]).trials) == 24
+    assert len(read_results([store / "sweep" / "results" / "trials"]).trials) == 24
+    both = read_results([str(store / "swe*"), str(tmp_path / "oth*")])
+    assert len(both.trials) == 28 and set(both.trials["experiment"]) == {"sweep", "other"}
+    assert len(read_results([f"file://{store}/sweep"]).trials) == 24  # a URI goes through pyarrow's filesystems
+
+
+def test_bad_input_is_one_line(store, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="no sweep results there"):
+        read_results([tmp_path / "empty"])
+    with pytest.raises(ResultsError, match="no such folder"):
+        read_results([tmp_path / "missing"])
+    assert len(read_results([store / "sweep", store / "sweep" / "results"]).trials) == 24  # one experiment, once
+    shutil.copytree(store / "sweep", tmp_path / "copy")
+    with pytest.raises(ResultsError, match="read twice: two of the folders given are copies"):
+        read_results([store / "sweep", tmp_path / "copy"])
+    # an older schema version beside the current one
+    old = tmp_path / "old" / "results" / "trials"
+    old.mkdir(parents=True)
+    table = pq.read_table(next((store / "sweep" / "results" / "trials").glob("*.parquet")))
+    pq.write_table(table.replace_schema_metadata({"ssnf_schema_version": "8"}), old / "x.parquet")
+    with pytest.raises(ResultsError, match="schema version 8 .*reads version 9"):
+        read_results([store / "sweep", tmp_path / "old"])
+    trials = _trials(store)
+    with pytest.raises(ResultsError, match="category bolts is not in the results"):
+        candidates(trials, categories=["washer", "bolts"])
+    none_full = trials[trials["category"] == "washer"].assign(status="stopped")
+    with pytest.raises(ResultsError, match="washer: none of its 12 trials trained the full budget"):
+        candidates(none_full)
+
+
+def test_candidates_rank_full_budget_trials_by_validation_never_by_test(store):
+    trials = _trials(store)
+    # the stopped trial with the best score of all, and a full-budget trial with a perfect test score: neither decides
+    trials.loc[trials["trial_id"] == "wa0004", "final_val_score"] = 0.999
+    trials.loc[trials["trial_id"] == "wa0006", "test_image_auroc"] = 1.0
+    got = candidates(trials, k=3)
+    washer = got[got["category"] == "washer"]
+    full = trials[(trials["category"] == "washer") & (trials["status"] == "completed")]
+    expected = full.sort_values("final_val_score", ascending=False)["trial_id"].head(3).tolist()
+    assert washer["trial_id"].tolist() == expected and washer["rank"].tolist() == [1, 2, 3]
+    assert "wa0004" not in set(got["trial_id"])
+
+
+def test_provisional_then_confirmed_and_the_lucky_seed_loses(store, tmp_path):
+    sweep = store / "sweep"
+    provisional = select(read_results([sweep]), k=3)
+    assert not provisional.table["confirmed"].any()
+    assert provisional.table.groupby("category")["chosen"].sum().tolist() == [1, 1]
+    first, second, third = provisional.candidates[provisional.candidates["category"] == "washer"]["trial_id"]
+    assert provisional.table.set_index("trial_id").loc[first, "chosen"]
+
+    # the sweep's best falls to 0.80 on new seeds; the second holds at 0.88: the second wins
+    confirm = write_confirmation(tmp_path, sweep, {first: [0.82, 0.78, 0.80], second: [0.87, 0.89, 0.88],
+                                                   third: [0.85, 0.86, 0.84]})
+    confirmed = select(read_results([sweep, confirm]), k=3)
+    t = confirmed.table.set_index("trial_id")
+    assert t.loc[second, "chosen"] and not t.loc[first, "chosen"] and t.loc[second, "confirmed"]
+    assert t.loc[second, "val_mean"] == pytest.approx(0.88) and t.loc[second, "val_std"] == pytest.approx(0.01)
+    assert list(t.loc[second, "seeds"]) == [1, 2, 3] and t.loc[second, "n_seeds"] == 3
+    assert "confirmed: best mean val_score 0.8800 ± 0.0100 over 3 new seeds" in t.loc[second, "reason"]
+    assert "rank 2 in the sweep" in t.loc[second, "reason"]
+    # weave has no confirmation rows: its pick stays provisional
+    assert not confirmed.table[confirmed.table["category"] == "weave"]["confirmed"].any()
+
+
+def test_selection_files_and_the_yaml_loads_back_as_the_row_config(store, tmp_path):
+    from ssnf.cli import load_config
+    from ssnf.config import SSNFConfig, from_dict, to_dict
+
+    selection = select(read_results([store / "sweep"]), k=2)
+    written = write_selection(selection, tmp_path / "best")
+    assert {p.name for p in written} == {"washer.yaml", "weave.yaml", "selection.parquet", "candidates.parquet"}
+    table = pd.read_parquet(tmp_path / "best" / "selection.parquet")
+    assert len(table) == 4 and table["chosen"].sum() == 2
+    assert {"val_mean", "val_std", "seed_val_scores", "sweep_test_image_auroc", "reason", "config.train.lr"} <= set(table.columns)
+    for _, row in selection.chosen.iterrows():
+        loaded = to_dict(load_config(str(tmp_path / "best" / f"{row['category']}.yaml"), []))
+        assert loaded == to_dict(from_dict(SSNFConfig, row_config(row)))
+    assert len(pd.read_parquet(tmp_path / "best" / "candidates.parquet")) == 4
+
+
+def test_importance_includes_conditional_parameters(store):
+    trials = _trials(store)
+    washer = trials[trials["category"] == "washer"]
+    study, presence = rebuild_study(washer, at="final")
+    assert len(study.trials) == 5  # the full-budget trials
+    conditional = {p for p, n in presence.items() if n < len(study.trials)}
+    assert conditional, "the smoke space's second block and blend exist only in some trials"
+    assert all(set(t.params) == set(presence) for t in study.trials), "every trial carries every parameter"
+    table = importances(washer, at="final")
+    assert set(table["param"]) == set(presence)
+    assert table.loc[table["conditional"], "param"].tolist() and table["fanova"].sum() == pytest.approx(1.0)
+    assert table.iloc[0]["param"] == "train.lr", "the objective depends on the learning rate only"
+    # at an epoch every trial that reached it counts, stopped ones included
+    epochs = read_results([store / "sweep"]).category("washer").epochs
+    assert len(rebuild_study(washer, epochs, at=1)[0].trials) == 11
+    assert objective(washer, epochs, min_trials=8) == 1 and objective(washer, epochs, min_trials=5) == "final"
+    with pytest.raises(ResultsError, match="importance needs 6"):
+        importances(washer, at="final", min_trials=6)
+
+
+def test_honest_spearman_and_the_gap(store):
+    from scipy.stats import spearmanr
+
+    trials = _trials(store)
+    table = honest(trials).set_index("category")
+    full = trials[(trials["category"] == "washer") & (trials["status"] == "completed")]
+    rho, _ = spearmanr(full["final_val_score"], full["test_image_auroc"])
+    assert table.loc["washer", "rho_image_auroc"] == pytest.approx(rho)
+    chosen = full.loc[full["final_val_score"].idxmax()]
+    assert table.loc["washer", "selected_image_auroc"] == pytest.approx(chosen["test_image_auroc"])
+    assert table.loc["washer", "gap_image_auroc"] == pytest.approx(full["test_image_auroc"].max() - chosen["test_image_auroc"])
+
+
+def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
+    confirm = write_confirmation(tmp_path, store / "sweep", {"wa0000": [0.9, 0.91]})
+    params = {"RESULTS": [str(store / "sweep"), str(confirm)], "OUT": str(tmp_path / "out"),
+              "REFERENCES": str(REPO / "analysis" / "references.csv")}
+    names = [p.stem for p in notebooks()]
+    assert names == ["01_overview", "02_selection", "03_what_mattered", "04_honest", "05_comparison"]
+    for path in notebooks():
+        run = run_notebook(path, params, tmp_path / "out")
+        assert run.written.is_file() and run.cells >= 2
+    pngs = {p.stem for p in (tmp_path / "out").glob("*.png")}
+    assert {"overview_statuses", "overview_history", "overview_rungs", "selection_confirmation", "importance_washer",
+            "parallel_washer", "learning_curves", "honest_val_vs_test", "comparison"} <= pngs
+    assert (tmp_path / "out" / "best" / "washer.yaml").is_file()
+
+
+def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
+    bad = tmp_path / "01_bad.py"
+    bad.write_text("# %%\nx = 1\n\n# %%\nraise ValueError('boom')\n")
+    with pytest.raises(NotebookError, match=r"01_bad.py: cell 2 failed: ValueError: boom"):
+        run_notebook(bad, {}, tmp_path / "out")
+    assert (tmp_path / "out" / "01_bad.ipynb").is_file()
+
+
+def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
+    probe = ("import sys, runpy; sys.argv = ['analysis', 'select', sys.argv[1], '--out', sys.argv[2]];\n"
+             "from analysis.__main__ import main; code = main(sys.argv[1:]);\n"
+             "bad = [m for m in ('ray', 'torch', 'timm') if m in sys.modules]; assert not bad, bad; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, str(store / "sweep"), str(tmp_path / "best")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "**chosen**" in done.stdout and "provisional picks" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "analysis", "select", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("analysis: error: ") and "no such folder" in bad.stderr
+    assert not (tmp_path / "x").exists()
