@@ -95,15 +95,23 @@ def rebuild_study(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, at: 
 
 def objective(trials: pd.DataFrame, epochs: pd.DataFrame, min_trials: int = 8) -> str | int:
     """``"final"`` where at least ``min_trials`` sweep trials trained the full budget, else the deepest epoch
-    that ``min_trials`` trials reached (ASHA stops most trials early: their early scores still rank them)."""
+    that ``min_trials`` trials reached (ASHA stops most trials early: their early scores still rank them);
+    in a sweep smaller than that, the deepest epoch that the most trials reached."""
     from analysis.selection import full_budget, sweep_rows
 
     sweep = sweep_rows(trials)
-    if len(full_budget(sweep)) >= min_trials:
+    full = len(full_budget(sweep))
+    if full >= min_trials:
         return "final"
     reached = sweep[sweep["status"] != "diverged"]["epochs_run"]
-    deep = [e for e in sorted(set(reached), reverse=True) if (reached >= e).sum() >= min_trials]
-    return int(deep[0]) if deep else "final"
+    counts = {int(e): int((reached >= e).sum()) for e in set(reached) if e > 0}
+    enough = [e for e, n in counts.items() if n >= min_trials]
+    if enough:
+        return max(enough)
+    most = max(counts.values(), default=0)
+    if full >= most:
+        return "final"
+    return max(e for e, n in counts.items() if n == most)
 
 
 def importances(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, at: str | int = "final",

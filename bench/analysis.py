@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""The whole per-category choice on one dataset, each step timed: sweep -> select (provisional) ->
+confirmation run -> select (confirmed) -> importance -> honest -> every notebook.
+
+    python bench/analysis.py --name demo                       # the demo data (generated), demo sweep
+    python bench/analysis.py --name tire --data-root ../shared/data --categories tire --num-samples 24 --max-epochs 6
+
+Everything goes to ``--storage`` (default /tmp/ssnf-bench-analysis); the printed tables and a JSON of the
+timings to ``--out`` (default bench/results/issue19/<name>), with the notebooks' PNGs and the Parquet
+results (``results/`` and the Optuna journal of both experiments; not Ray's checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def step(name: str, cmd: list[str], log: Path, timings: dict) -> str:
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    timings[name] = round(time.perf_counter() - t, 2)
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n({timings[name]} s, exit {done.returncode})\n{done.stdout}\n{done.stderr[-3000:]}\n")
+    if done.returncode != 0:
+        sys.exit(f"{name} failed (exit {done.returncode}); see {log}")
+    return done.stdout
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--categories")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--storage", default="/tmp/ssnf-bench-analysis")
+    p.add_argument("--out")
+    args = p.parse_args()
+    out = Path(args.out or REPO / "bench" / "results" / "issue19" / args.name)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    log.write_text("")
+    py = sys.executable
+    storage = str(Path(args.storage).resolve())
+    sweep, confirm = f"{storage}/{args.name}", f"{storage}/{args.name}-confirm"
+    for folder in (sweep, confirm):
+        shutil.rmtree(folder, ignore_errors=True)
+    timings: dict = {}
+    cmd = [py, "tune_main.py", "--name", args.name, "--storage", storage]
+    for flag, value in (("--data-root", args.data_root), ("--categories", args.categories),
+                        ("--num-samples", args.num_samples), ("--max-epochs", args.max_epochs)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    step("sweep", cmd, log, timings)
+    best = out / "best"
+    print(step("select_provisional", [py, "-m", "analysis", "select", sweep, "--out", str(best), "--k", str(args.k)], log, timings))
+    step("confirm", [py, "tune_main.py", "--confirm", str(best / "candidates.parquet"), "--seeds", str(args.seeds),
+                     "--name", f"{args.name}-confirm", "--storage", storage]
+         + (["--data-root", args.data_root] if args.data_root else []), log, timings)
+    print(step("select_confirmed", [py, "-m", "analysis", "select", sweep, confirm, "--out", str(best), "--k", str(args.k)], log, timings))
+    print(step("importance", [py, "-m", "analysis", "importance", sweep, "--out", str(out / "importance.csv")], log, timings))
+    print(step("honest", [py, "-m", "analysis", "honest", sweep], log, timings))
+    print(step("notebooks", [py, "-m", "analysis", "notebooks", sweep, confirm, "--out", str(out / "reports")], log, timings))
+    for src, name in ((sweep, args.name), (confirm, f"{args.name}-confirm")):
+        for part in ("results", "optuna"):
+            if Path(src, part).exists():
+                shutil.copytree(Path(src, part), out / "experiments" / name / part, dirs_exist_ok=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    print("\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
