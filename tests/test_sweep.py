@@ -321,3 +321,22 @@ def test_resources_the_cluster_cannot_grant(demo_root, ray_session, tmp_path, ca
     assert rc == 2
     assert "a trial needs 64 CPU and 0 GPU on one node, but no node has them (the largest has 2 CPU" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_journal_of_a_cloud_storage_is_uploaded_and_fetched_back(tmp_path):
+    """Cloud storage: Optuna writes a local journal; the callback's JournalSync uploads it to the experiment
+    folder, and --resume on a machine without the local copy fetches it (a file:// URI stands in for s3://)."""
+    from ssnf.tune.sweep import JournalSync, journal_uri, local_journal
+
+    options = SweepOptions(data_root=".", categories=["tire"], storage=f"file://{tmp_path}/bucket", name="exp")
+    uri = journal_uri(options, "tire")
+    assert uri == f"file://{tmp_path}/bucket/exp/optuna/tire.journal"
+    assert local_journal(options, "tire").name == "tire.journal" and "file://" not in str(local_journal(options, "tire"))
+    local = tmp_path / "here" / "tire.journal"
+    local.parent.mkdir()
+    local.write_bytes(b'{"op_code": 0}\n')
+    JournalSync(str(local), uri)()
+    assert (tmp_path / "bucket" / "exp" / "optuna" / "tire.journal").read_bytes() == local.read_bytes()
+    elsewhere = tmp_path / "elsewhere" / "tire.journal"
+    JournalSync(str(elsewhere), uri).download()
+    assert elsewhere.read_bytes() == local.read_bytes()
