@@ -33,7 +33,8 @@ def comparison(selection_table: pd.DataFrame, references: pd.DataFrame) -> pd.Da
         src = "seeds_{}_mean" if seeds else "sweep_{}"
         rows.append({"category": r["category"], "method": f"ssnf chosen ({'confirmed' if seeds else 'provisional'})",
                      **{m: r[src.format(f"test_{m}")] for m in ("image_auroc", "pixel_auroc", "aupro")},
-                     "setup": f"trial {r['trial_id']}" + (f", mean of {r['n_seeds']} new seeds" if seeds else ", one seed"),
+                     "setup": f"{r['space']} space, {r['image_size']} px, {r['epochs']} epochs, trial {r['trial_id']}"
+                              + (f", mean of {r['n_seeds']} new seeds" if seeds else ", one seed"),
                      "source": r["experiment"]})
     chosen = {r["category"] for r in rows}
     refs = references[references["category"].isin(chosen)]

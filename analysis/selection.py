@@ -90,6 +90,7 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None) ->
         scores = [float(v) for v in runs["final_val_score"]]
         row = {
             "category": c["category"], "rank": int(c["rank"]), "experiment": c["experiment"], "trial_id": c["trial_id"],
+            "space": c["space"], "image_size": int(c["config.data.image_size"]), "epochs": int(c["budget_epochs"]),
             "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]),
             "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
             "n_seeds": len(scores), "val_mean": float(np.mean(scores)) if scores else float("nan"),
@@ -138,6 +139,12 @@ def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> 
             if second["n_seeds"]:
                 text += (f", ahead of {second['trial_id']} ({_fmt(second['val_mean'], second['val_std'], second['n_seeds'])})"
                          f" by {row['val_mean'] - second['val_mean']:.4f}")
+                mine = dict(zip(row["seeds"], row["seed_val_scores"]))
+                theirs = dict(zip(second["seeds"], second["seed_val_scores"]))
+                shared = sorted(set(mine) & set(theirs))
+                if shared:  # same seeds, same validation set: a paired look at the margin
+                    wins = sum(mine[s] > theirs[s] for s in shared)
+                    text += f", higher on {wins} of {len(shared)} shared seeds"
         if row["rank"] != 1:
             text += f"; rank {row['rank']} in the sweep (its single-seed score {row['sweep_val_score']:.4f})"
         return text

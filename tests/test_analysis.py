@@ -100,7 +100,7 @@ def test_provisional_then_confirmed_and_the_lucky_seed_loses(store, tmp_path):
     assert t.loc[second, "val_mean"] == pytest.approx(0.88) and t.loc[second, "val_std"] == pytest.approx(0.01)
     assert list(t.loc[second, "seeds"]) == [1, 2, 3] and t.loc[second, "n_seeds"] == 3
     assert "confirmed: best mean val_score 0.8800 ± 0.0100 over 3 new seeds" in t.loc[second, "reason"]
-    assert "rank 2 in the sweep" in t.loc[second, "reason"]
+    assert "rank 2 in the sweep" in t.loc[second, "reason"] and "higher on 3 of 3 shared seeds" in t.loc[second, "reason"]
     # weave has no confirmation rows: its pick stays provisional
     assert not confirmed.table[confirmed.table["category"] == "weave"]["confirmed"].any()
 
@@ -190,3 +190,16 @@ def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("analysis: error: ") and "no such folder" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_references_parse_and_sit_beside_the_chosen_model(store):
+    from analysis.compare import COLUMNS, comparison, load_references
+
+    refs = load_references()
+    assert list(refs.columns) == list(COLUMNS) and not refs.isna().any().any()
+    assert all((refs[m] > 0.5).all() and (refs[m] <= 1).all() for m in ("image_auroc", "pixel_auroc", "aupro"))
+    table = select(read_results([store / "sweep"]), k=1).table
+    renamed = refs.assign(category=refs["category"].replace({"tire": "washer"}))
+    got = comparison(table, renamed)
+    washer = got[got["category"] == "washer"]
+    assert washer["method"].iloc[0] == "ssnf chosen (provisional)" and len(washer) == 1 + (refs["category"] == "tire").sum()
