@@ -4,7 +4,7 @@ notebooks. Needs pandas, pyarrow, matplotlib, optuna and scipy (and scikit-learn
 not torch, not a GPU.
 
     python -m analysis select RESULTS... --out best/      # provisional, or confirmed with the confirmation run
-    python -m analysis importance RESULTS... [--category C]
+    python -m analysis importance RESULTS... [--categories a,b] [--at auto|final|EPOCH]
     python -m analysis honest RESULTS...
     python -m analysis notebooks RESULTS... --out reports/ # execute every notebook, PNGs beside them
 

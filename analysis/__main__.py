@@ -6,6 +6,7 @@ Errors end in one line (``analysis: error: ...``) and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Sequence
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("importance", help="parameter importance per category (fANOVA, PED-ANOVA)")
     i.add_argument("results", nargs="+", help=results_help)
     i.add_argument("--categories", help="comma-separated (default: every category)")
-    i.add_argument("--at", default="auto",
+    i.add_argument("--at", default="auto", type=_at,
                    help="objective: 'final' (full-budget trials' last val_score), an epoch (every trial that reached "
                         "it), or 'auto' (final where 8 trials trained the full budget, else the deepest epoch 8 reached)")
     i.add_argument("--out", help="also write the table as CSV here")
@@ -44,12 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _at(text: str) -> str:
+    if text in ("auto", "final") or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, final or an epoch (1, 2, ...)")
+
+
 def _categories(text: str | None) -> list[str] | None:
     return [c for c in text.split(",") if c] if text else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # files only; a notebook opened in Jupyter keeps its own backend
     started = time.perf_counter()
     try:
         if args.command == "notebooks":
@@ -74,14 +82,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from analysis.importance import objective
 
-            cats = _categories(args.categories) or list(dict.fromkeys(results.trials["category"]))
+            present = list(dict.fromkeys(results.trials["category"]))
+            cats = _categories(args.categories) or present
+            missing = [c for c in cats if c not in present]
+            if missing:
+                raise SSNFError(f"category {missing[0]} is not in the results (they have {', '.join(sorted(present))})")
             tables = []
             for c in cats:
                 part = results.category(c)
                 at = objective(part.trials, part.epochs) if args.at == "auto" else args.at
                 at = at if at == "final" else int(at)
                 print(f"{c}: objective = {'final val_score of full-budget trials' if at == 'final' else f'val_score at epoch {at}'}")
-                tables.append(importances(part.trials, part.epochs, at=at).assign(objective=str(at)))
+                try:
+                    tables.append(importances(part.trials, part.epochs, at=at).assign(objective=str(at)))
+                except SSNFError as exc:  # too few trials in this category: said, and the others go on
+                    print(f"  {exc}")
+            if not tables:
+                raise SSNFError("no category has enough trials for an importance (see above)")
             table = pd.concat(tables, ignore_index=True)
             print(markdown(table))
             if args.out:

@@ -59,10 +59,13 @@ def rebuild_study(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, at: 
               for p in rows["params"]]
     presence: dict[str, int] = {}
     dists: dict = {}
-    for params in parsed:
+    for params, trial_id in zip(parsed, rows["trial_id"]):
         for name, (_, d) in params.items():
             presence[name] = presence.get(name, 0) + 1
-            dists.setdefault(name, d)
+            if dists.setdefault(name, d) != d:  # two spaces (or versions of one) in the same table
+                spaces = ", ".join(sorted(set(rows["space"].dropna())))
+                raise ResultsError(f"parameter {name} has two distributions in these trials ({dists[name]} and, in trial "
+                                   f"{trial_id}, {d}; spaces: {spaces}): analyse one search space at a time")
     n = len(parsed)
     widened = {}
     for name, d in dists.items():

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -21,8 +19,13 @@ def save(fig, out: str | Path, name: str) -> Path:
     path = Path(out) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    if not _interactive():  # in Jupyter the figure stays open, so it also shows inline
+        plt.close(fig)
     return path
+
+
+def _interactive() -> bool:
+    return "inline" in matplotlib.get_backend() or "ipympl" in matplotlib.get_backend()
 
 
 def _grid(n: int, width: float = 4.5, height: float = 3.2):
@@ -42,7 +45,7 @@ def history(trials: pd.DataFrame):
             sel = rows[rows["status"] == status]
             ax.scatter(sel.index, sel["final_val_score"], c=color, label=status, s=18)
         full = rows["final_val_score"].where((rows["status"] == "completed"))
-        ax.step(rows.index, full.cummax(), where="post", c="k", lw=1, label="best full-budget")
+        ax.step(rows.index, full.cummax().ffill(), where="post", c="k", lw=1, label="best full-budget")
         ax.set(title=cat, xlabel="trial (start order)", ylabel="val_score (last epoch)")
     axes[0].legend(fontsize=7)
     return fig

@@ -37,6 +37,11 @@ def full_budget(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[ok & trials["final_val_score"].notna()]
 
 
+def ranked(trials: pd.DataFrame) -> pd.DataFrame:
+    """Full-budget trials, best final ``val_score`` first (ties by trial id): the one ranking everything uses."""
+    return full_budget(trials).sort_values(["final_val_score", "trial_id"], ascending=[False, True])
+
+
 def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = None) -> pd.DataFrame:
     """Per category, the ``k`` full-budget sweep trials with the highest final ``val_score`` (column ``rank``,
     1 = best; ties by trial id). One line names a category that is missing or has no full-budget trial."""
@@ -58,9 +63,9 @@ def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = 
             counts = ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items())
             raise ResultsError(f"category {category}: none of its {len(rows)} trials trained the full budget "
                                f"({counts}): run more trials or a larger budget")
-        ranked = full.sort_values(["final_val_score", "trial_id"], ascending=[False, True]).head(k).copy()
-        ranked.insert(0, "rank", range(1, len(ranked) + 1))
-        out.append(ranked)
+        top = ranked(full).copy()
+        top.insert(0, "rank", range(1, len(top) + 1))
+        out.append(top.head(k))
     return pd.concat(out, ignore_index=True)
 
 
@@ -81,8 +86,18 @@ def _std(values: list[float]) -> float:
 def select(results: Results, k: int = 3, categories: list[str] | None = None) -> Selection:
     """Provisional pick (no confirmation runs of a category in ``results``: the sweep's best) or confirmed
     pick (the candidate with the best mean validation score over its confirmation seeds)."""
-    cands = candidates(results.trials, k, categories)
+    everyone = candidates(results.trials, 10**9, categories)  # every full-budget trial, ranked
     confirm = full_budget(confirmation_rows(results.trials))
+    # one run per (candidate, seed): a second confirmation run with the same seeds is not counted twice
+    confirm = confirm.sort_values("ended_at").drop_duplicates(["confirms_experiment", "confirms", "seed"], keep="last")
+    confirmed = set(zip(confirm["confirms_experiment"], confirm["confirms"]))
+    picked = []
+    for _, group in everyone.groupby("category", sort=False):
+        ids = list(zip(group["experiment"], group["trial_id"]))
+        mine = [i for i in ids if i in confirmed]
+        # a category with confirmation runs: its candidates are the trials confirmed (whatever k is now)
+        picked.append(group[[i in mine for i in ids]] if mine else group.head(k))
+    cands = pd.concat(picked, ignore_index=True)
     rows = []
     for _, c in cands.iterrows():
         runs = confirm[(confirm["confirms"] == c["trial_id"]) & (confirm["confirms_experiment"] == c["experiment"])]
@@ -153,12 +168,21 @@ def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> 
             f" (sweep rank {row['rank']}, single-seed {row['sweep_val_score']:.4f})")
 
 
+def deployable(row: pd.Series) -> dict:
+    """The chosen trial's config as ``ssnf train`` should run it: everything the trial trained with, except
+    where it ran (``train.threads``, ``train.device``: the sweep's per-trial share, back to automatic)."""
+    from ssnf.config import SSNFConfig, from_dict, to_dict
+
+    tree = to_dict(from_dict(SSNFConfig, row_config(row)))  # checked: it loads as a config
+    tree["train"].update(threads=0, device="auto")
+    return tree
+
+
 def write_selection(selection: Selection, out: str | Path) -> list[Path]:
     """``out/<category>.yaml`` (the chosen config, as ``ssnf train --config`` reads it), ``out/selection.parquet``
     (every candidate) and ``out/candidates.parquet`` (the candidates' sweep rows: ``tune_main.py --confirm``)."""
     import yaml
 
-    from ssnf.config import SSNFConfig, from_dict, to_dict
     from ssnf.files import atomic_path
 
     out = Path(out)
@@ -167,9 +191,10 @@ def write_selection(selection: Selection, out: str | Path) -> list[Path]:
     for _, row in selection.chosen.iterrows():
         info = selection.table[(selection.table["trial_id"] == row["trial_id"])
                                & (selection.table["experiment"] == row["experiment"])].iloc[0]
-        tree = to_dict(from_dict(SSNFConfig, row_config(row)))  # checked: it loads as a config
+        tree = deployable(row)
         head = (f"# ssnf config for {row['category']}, chosen by `python -m analysis select`: trial {row['trial_id']} of "
-                f"experiment {row['experiment']}\n# {info['reason']}\n# train it: ssnf train --config {row['category']}.yaml\n")
+                f"experiment {row['experiment']}\n# {info['reason']}\n# train.threads and train.device are this machine's "
+                f"choice (auto), not the sweep trial's\n# train it: ssnf train --config {row['category']}.yaml\n")
         path = out / f"{row['category']}.yaml"
         with atomic_path(path) as tmp:
             tmp.write_text(head + yaml.safe_dump(tree, sort_keys=False))

@@ -144,7 +144,7 @@ def _train(args: argparse.Namespace) -> int:
         payload["test"] = evaluate(result.model, cfg, result.splits.test, next(result.model.parameters()).device,
                                    progress=not args.quiet).metrics
     _write_json(out / "metrics.json", payload)
-    print(f"validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
+    print("validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
     if scoring is not None:
         print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "

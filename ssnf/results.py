@@ -201,30 +201,46 @@ class Results:
                        self.sources)
 
 
+def _glob(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Folders matching ``path``'s pattern one path segment at a time (``*`` never crosses a ``/``, and
+    nothing below the pattern's depth is listed: a bucket's checkpoints are not walked)."""
+    parts = path.split("/")
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    current = ["/".join(parts[:first]) or "/"]
+    for part in parts[first:]:
+        found = []
+        for folder in current:
+            if not glob.has_magic(part):
+                found.append(f"{folder.rstrip('/')}/{part}")
+                continue
+            infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            found += [i.path for i in infos if i.type == pafs.FileType.Directory
+                      and fnmatch.fnmatchcase(i.base_name, part)]
+        current = found
+    return sorted(p for p in current if fs.get_file_info(p).type == pafs.FileType.Directory)
+
+
 def _expand(pattern: str) -> list[str]:
-    """A path, a cloud URI or a glob of either: the experiment folders it names (those with ``results/``)."""
-    if "://" in pattern:
-        fs, path = filesystem(pattern)
-        scheme = pattern.split("://", 1)[0]
-        if not glob.has_magic(path):
-            candidates = [path]
-        else:
-            fixed = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
-            infos = fs.get_file_info(pafs.FileSelector(fixed, recursive=True, allow_not_found=True))
-            candidates = [i.path for i in infos if i.type == pafs.FileType.Directory and fnmatch.fnmatch(i.path, path)]
-        exists = [p for p in candidates if fs.get_file_info(p).type == pafs.FileType.Directory]
-        return [_experiment_folder(f"{scheme}://{p}", fs, p) for p in sorted(exists)]
-    paths = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [os.path.expanduser(pattern)]
-    return [_experiment_folder(p, pafs.LocalFileSystem(), os.path.abspath(p)) for p in paths if os.path.isdir(p)]
+    """A path, a cloud URI or a glob of either: the experiment folders it names. A glob keeps only the
+    folders that hold results (``results/trials``); a plain path is taken as it is (and refused later if empty)."""
+    remote = "://" in pattern
+    fs, path = filesystem(pattern if remote else os.path.expanduser(pattern))
+    scheme = pattern.split("://", 1)[0] if remote else ""
+    if glob.has_magic(path):
+        matches = [p for p in _glob(fs, path)
+                   if fs.get_file_info(f"{_experiment_folder(p)}/results/trials").type == pafs.FileType.Directory]
+    else:
+        matches = [path.rstrip("/")] if fs.get_file_info(path).type == pafs.FileType.Directory else []
+    return [f"{scheme}://{_experiment_folder(p)}" if remote else _experiment_folder(p) for p in matches]
 
 
-def _experiment_folder(uri: str, fs: pafs.FileSystem, path: str) -> str:
+def _experiment_folder(path: str) -> str:
     """Accept the experiment folder, its ``results/`` or ``results/trials``: return the experiment's."""
-    path = path.rstrip("/")
+    path = os.path.normpath(path) if path.startswith("/") else path.rstrip("/")
     for suffix in ("/results/trials", "/results"):
         if path.endswith(suffix):
-            return uri.rstrip("/")[: -len(suffix)]
-    return uri.rstrip("/")
+            return path[: -len(suffix)]
+    return path
 
 
 def _files(fs: pafs.FileSystem, folder: str) -> list[str]:
@@ -250,18 +266,24 @@ def read_results(locations: Iterable[str]) -> Results:
     globs), as one pair of frames. One line names what is wrong: nothing there, no results, another schema."""
     sources: list[str] = []
     for location in locations:
-        found = _expand(str(location))
+        try:
+            found = _expand(str(location))
+        except (OSError, pa.ArrowException) as exc:  # an unknown scheme, missing credentials, ...
+            raise ResultsError(f"{location}: cannot be listed ({str(exc).splitlines()[0]})") from None
         if not found:
             raise ResultsError(f"{location}: no such folder (or the glob matches none)")
         sources += [f for f in found if f not in sources]
     trials, epochs = [], []
     for uri in sources:
         fs, path = filesystem(uri)
-        got = _read_folder(fs, f"{path}/results/trials", trials_schema(), uri)
-        if got.num_rows == 0:
-            raise ResultsError(f"{uri}: no sweep results there (expected {uri}/results/trials/*.parquet)")
-        trials.append(got)
-        epochs.append(_read_folder(fs, f"{path}/results/epochs", EPOCHS_SCHEMA, uri))
+        try:
+            got = _read_folder(fs, f"{path}/results/trials", trials_schema(), uri)
+            if got.num_rows == 0:
+                raise ResultsError(f"{uri}: no sweep results there (expected {uri}/results/trials/*.parquet)")
+            trials.append(got)
+            epochs.append(_read_folder(fs, f"{path}/results/epochs", EPOCHS_SCHEMA, uri))
+        except (OSError, pa.ArrowException) as exc:  # unreadable file, credentials, a storage that fails
+            raise ResultsError(f"{uri}: the results cannot be read ({str(exc).splitlines()[0]})") from None
     if not sources:
         raise ResultsError("no results given")
     t = pa.concat_tables(trials).to_pandas()

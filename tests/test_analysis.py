@@ -3,6 +3,7 @@ notebooks, and the CLI's one-line errors, on sweep results written by the real P
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_read_results_accepts_folders_results_folders_and_globs(store, tmp_path)
     both = read_results([str(store / "swe*"), str(tmp_path / "oth*")])
     assert len(both.trials) == 28 and set(both.trials["experiment"]) == {"sweep", "other"}
     assert len(read_results([f"file://{store}/sweep"]).trials) == 24  # a URI goes through pyarrow's filesystems
+    # a glob of a URI matches one path segment and keeps folders with results (not the trials' folders below)
+    (store / "sweep" / "washer" / "trial_1").mkdir(parents=True, exist_ok=True)
+    (store / "swept-nothing").mkdir(exist_ok=True)
+    assert read_results([f"file://{store}/swe*"]).sources == [f"file://{store}/sweep"]
 
 
 def test_bad_input_is_one_line(store, tmp_path):
@@ -104,6 +109,14 @@ def test_provisional_then_confirmed_and_the_lucky_seed_loses(store, tmp_path):
     # weave has no confirmation rows: its pick stays provisional
     assert not confirmed.table[confirmed.table["category"] == "weave"]["confirmed"].any()
 
+    # once confirmed, the candidates are the trials confirmed, whatever k is now: --k 1 cannot hide the result
+    again = select(read_results([sweep, confirm]), k=1).table.set_index("trial_id")
+    assert {first, second, third} <= set(again.index) and again.loc[second, "chosen"]
+    # a second confirmation run with the same seeds is not counted twice (its rows replace the first's)
+    repeat = write_confirmation(tmp_path, sweep, {second: [0.87, 0.89, 0.88]}, experiment="confirm-again")
+    twice = select(read_results([sweep, confirm, repeat]), k=3).table.set_index("trial_id")
+    assert twice.loc[second, "n_seeds"] == 3 and twice.loc[second, "val_std"] == pytest.approx(0.01)
+
 
 def test_selection_files_and_the_yaml_loads_back_as_the_row_config(store, tmp_path):
     from ssnf.cli import load_config
@@ -117,7 +130,9 @@ def test_selection_files_and_the_yaml_loads_back_as_the_row_config(store, tmp_pa
     assert {"val_mean", "val_std", "seed_val_scores", "sweep_test_image_auroc", "reason", "config.train.lr"} <= set(table.columns)
     for _, row in selection.chosen.iterrows():
         loaded = to_dict(load_config(str(tmp_path / "best" / f"{row['category']}.yaml"), []))
-        assert loaded == to_dict(from_dict(SSNFConfig, row_config(row)))
+        expected = to_dict(from_dict(SSNFConfig, row_config(row)))
+        expected["train"].update(threads=0, device="auto")  # where the trial ran is not part of the choice
+        assert loaded == expected
     assert len(pd.read_parquet(tmp_path / "best" / "candidates.parquet")) == 4
 
 
@@ -139,6 +154,15 @@ def test_importance_includes_conditional_parameters(store):
     assert objective(washer, epochs, min_trials=8) == 1 and objective(washer, epochs, min_trials=5) == "final"
     with pytest.raises(ResultsError, match="importance needs 6"):
         importances(washer, at="final", min_trials=6)
+    # two spaces whose parameters share a name but not a distribution: one line, not Optuna's ValueError
+    mixed = washer.copy()
+    row = mixed.index[mixed["status"] == "completed"][0]
+    params = json.loads(mixed.loc[row, "params"])
+    params["loss.weight"] = {"value": 0.37, "distribution": json.dumps(
+        {"name": "FloatDistribution", "attributes": {"low": 0.05, "high": 1.0, "log": True, "step": None}})}
+    mixed.loc[row, "params"] = json.dumps(params)
+    with pytest.raises(ResultsError, match="parameter loss.weight has two distributions"):
+        rebuild_study(mixed, at="final")
 
 
 def test_honest_spearman_and_the_gap(store):
@@ -178,8 +202,10 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
 
 
 def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
-    probe = ("import sys, runpy; sys.argv = ['analysis', 'select', sys.argv[1], '--out', sys.argv[2]];\n"
-             "from analysis.__main__ import main; code = main(sys.argv[1:]);\n"
+    probe = ("import sys; results, out = sys.argv[1:3]\n"
+             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook, analysis.plots\n"
+             "from analysis.__main__ import main\n"
+             "code = main(['select', results, '--out', out]) or main(['importance', results]) or main(['honest', results])\n"
              "bad = [m for m in ('ray', 'torch', 'timm') if m in sys.modules]; assert not bad, bad; sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", probe, str(store / "sweep"), str(tmp_path / "best")], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

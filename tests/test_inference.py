@@ -102,6 +102,9 @@ def test_bf16_trains_and_has_its_own_features(trained, tmp_path, monkeypatch):
     cfg = with_overrides(trained[0], train={"precision": "fp32"})
     bf16 = with_overrides(cfg, train={"precision": "bf16"})
     assert data_key(bf16) != data_key(cfg)
+    # the training seed is not part of it: confirmation runs (new seeds) share the data and the validation set
+    assert data_key(with_overrides(cfg, train={"seed": 7})) == data_key(cfg)
+    assert data_key(with_overrides(cfg, data={"seed": 7})) != data_key(cfg)
     splits, model = prepare(bf16)
     assert model.extractor.precision == "bf16"
     cache = FeatureCache(tmp_path / "features")

@@ -165,8 +165,14 @@ def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_
 
     from ssnf.config import from_dict
 
+    from analysis.selection import deployable
+
     chosen = confirmed.chosen.iloc[0]
-    assert yaml.safe_load((out / "config.yaml").read_text()) == to_dict(from_dict(SSNFConfig, row_config(chosen)))
+    trained = yaml.safe_load((out / "config.yaml").read_text())
+    assert trained == deployable(chosen) == yaml.safe_load((tmp_path / "best2" / "washer.yaml").read_text())
+    expected = to_dict(from_dict(SSNFConfig, row_config(chosen)))
+    expected["train"].update(threads=0, device="auto")
+    assert trained == expected, "the trial's config, except where it ran"
 
 
 def one_slow_trial(trial) -> dict:
@@ -340,3 +346,22 @@ def test_journal_of_a_cloud_storage_is_uploaded_and_fetched_back(tmp_path):
     elsewhere = tmp_path / "elsewhere" / "tire.journal"
     JournalSync(str(elsewhere), uri).download()
     assert elsewhere.read_bytes() == local.read_bytes()
+
+
+def test_orphan_trials_of_an_ended_study_are_closed(tmp_path):
+    """A trial asked for just before an interrupt never runs: once the study's trials have all ended it is
+    marked failed, so the journal (and optuna-dashboard) shows nothing running forever."""
+    import optuna
+
+    from ssnf.tune.sweep import _storage, close_orphans
+
+    journal = tmp_path / "optuna" / "tire.journal"
+    assert close_orphans(journal, "tire") == 0  # no journal yet: nothing to do
+    study = optuna.create_study(study_name="tire", storage=_storage(journal), direction="maximize")
+    done = study.ask()
+    done.suggest_float("x", 0, 1)
+    study.tell(done, 0.5)
+    study.ask()  # the orphan
+    assert close_orphans(journal, "tire") == 1 and close_orphans(journal, "other") == 0
+    states = [t.state for t in optuna.load_study(study_name="tire", storage=_storage(journal)).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]

@@ -41,6 +41,11 @@ def check_space(space: Callable, base: dict, samples: int = 8, seed: int = 0) ->
         trial = study.ask()
         derived = space(trial) or {}
         trial_config(base, {**trial.params, **derived}).validate()
+        try:  # the results record each trial's parameters by replaying the space: it must replay
+            replay_space(space, {**trial.params, **derived})
+        except (AttributeError, ConfigError) as exc:
+            raise ConfigError(f"the space cannot be replayed on its own sample ({exc}): use only suggest_float, "
+                              "suggest_int and suggest_categorical, and branch on sampled values only") from None
         study.tell(trial, 0.0)
 
 

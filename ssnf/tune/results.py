@@ -33,14 +33,12 @@ class ParquetResults(Callback):
     a confirmation run's ``{candidate id: (experiment, trial id, overrides)}``, whose rows name the trial they
     re-train. ``on_end``: called after each trial's files are written (the sweep copies its Optuna journal)."""
 
-    def __init__(self, results_uri: str, experiment: str, category: str, base: dict, budget_epochs: int,
-                 cpus: float, gpus: float, space: Callable | None = None, space_name: str | None = None,
+    def __init__(self, results_uri: str, experiment: str, category: str, base: dict, cpus: float, gpus: float, space: Callable | None = None, space_name: str | None = None,
                  confirming: dict | None = None, on_end: Callable[[], None] | None = None) -> None:
         self.results_uri = results_uri.rstrip("/")
         self.base = base
         self.experiment = experiment
         self.category = category
-        self.budget_epochs = budget_epochs
         self.cpus = cpus
         self.gpus = gpus
         self.space = space
@@ -90,7 +88,11 @@ class ParquetResults(Callback):
         )
         write_trial(self.results_uri, row, epochs)
         if self.on_end is not None:
-            self.on_end()
+            try:
+                self.on_end()
+            except Exception as exc:  # noqa: BLE001 - a failed upload must not end the sweep; the next one retries
+                logger.warning("after trial %s: %s failed (%s); retried after the next trial", trial.trial_id,
+                               self.on_end, exc)
 
 
 def _checkpoint_history(trial) -> list[dict]:

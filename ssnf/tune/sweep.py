@@ -16,6 +16,7 @@ loaded cluster looked stalled.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -36,6 +37,7 @@ from ssnf.config import SSNFConfig, flatten, from_dict, merge, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
+from ssnf.files import atomic_path
 from ssnf.prepared import check_splits, prepare_data
 from ssnf.results import filesystem, read_results, row_config
 from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY, check_space
@@ -98,8 +100,27 @@ def experiment_uri(options: SweepOptions) -> str:
 
 
 def _exists(uri: str) -> bool:
-    filesystem, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def check_run_options(options: SweepOptions) -> None:
+    """The checks a sweep and a confirmation run share (counts, priority, resources, seeds)."""
+    for name, value in (("num-samples", options.num_samples), ("max-epochs", options.max_epochs),
+                        ("max-concurrent", options.max_concurrent), ("seeds", options.seeds)):
+        if value < 1:
+            raise SSNFError(f"--{name}={value} must be at least 1")
+    if not 0 <= options.trial_niceness <= 19:
+        raise SSNFError(f"--trial-niceness={options.trial_niceness} must be between 0 and 19")
+    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
+        raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+
+
+def check_resume(options: SweepOptions) -> None:
+    """``--resume`` of an experiment whose results this ssnf cannot extend (another schema version): refused
+    now, in one line, not after its remaining trials have run."""
+    if options.resume and _exists(f"{experiment_uri(options)}/results/trials"):
+        read_trials(experiment_uri(options))  # raises ResultsError on another schema version
 
 
 def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[str, tuple[SSNFConfig, Splits]]:
@@ -108,14 +129,7 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
         raise SSNFError(f"unknown search space {options.space!r}; known: {', '.join(sorted(spaces))}")
     if options.searcher not in SEARCHERS or options.scheduler not in SCHEDULERS:
         raise SSNFError(f"--searcher must be one of {SEARCHERS} and --scheduler one of {SCHEDULERS}")
-    for name, value in (("num-samples", options.num_samples), ("max-epochs", options.max_epochs),
-                        ("max-concurrent", options.max_concurrent)):
-        if value < 1:
-            raise SSNFError(f"--{name}={value} must be at least 1")
-    if not 0 <= options.trial_niceness <= 19:
-        raise SSNFError(f"--trial-niceness={options.trial_niceness} must be between 0 and 19")
-    if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
-        raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+    check_run_options(options)
     if not options.categories:
         raise SSNFError("no categories given: --categories a,b")
     root = Path(options.data_root).expanduser()
@@ -140,6 +154,7 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
         raise SSNFError(f"--resume: nothing to resume at {uri} (no study of {', '.join(options.categories)} there)")
     if not options.resume and _exists(uri):
         raise SSNFError(f"experiment {uri} exists already: add --resume to continue it, or choose another --name")
+    check_resume(options)
     return configs
 
 
@@ -267,7 +282,8 @@ def local_journal(options: SweepOptions, category: str) -> Path:
     uri = journal_uri(options, category)
     if "://" not in uri:
         return Path(uri)
-    return Path("~/.cache/ssnf/optuna").expanduser() / options.name / f"{category}.journal"
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]  # one local copy per experiment URI, not per name
+    return Path("~/.cache/ssnf/optuna").expanduser() / key / f"{category}.journal"
 
 
 @dataclass
@@ -284,13 +300,17 @@ class JournalSync:
             dst.write(src.read())
 
     def download(self) -> None:
-        """Before ``--resume`` on a machine whose local copy is missing: fetch the experiment's journal."""
+        """Before ``--resume``: the experiment's journal (the cloud copy is the authority) replaces the local one."""
         fs, path = filesystem(self.uri)
-        if Path(self.local).exists() or fs.get_file_info(path).type != pafs.FileType.File:
+        if fs.get_file_info(path).type != pafs.FileType.File:
             return
         Path(self.local).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(path) as src, open(self.local, "wb") as dst:
-            dst.write(src.read())
+        with fs.open_input_stream(path) as src, atomic_path(self.local) as tmp:
+            tmp.write_bytes(src.read())
+
+    def fresh(self) -> None:
+        """A new experiment: no local journal left from an earlier one at the same URI."""
+        Path(self.local).unlink(missing_ok=True)
 
 
 def _storage(journal: Path):
@@ -374,8 +394,7 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
     if not needed <= set(candidates.columns) or not len(candidates):
         raise SSNFError(f"--confirm {file}: no candidate rows with {', '.join(sorted(needed))} "
                         "(write it with `python -m analysis select ... --out DIR`)")
-    if options.seeds < 1:
-        raise SSNFError(f"--seeds={options.seeds} must be at least 1")
+    check_run_options(options)
     categories = options.categories or list(dict.fromkeys(candidates["category"]))
     missing = [c for c in categories if c not in set(candidates["category"])]
     if missing:
@@ -385,10 +404,11 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
     for category in categories:
         rows = candidates[candidates["category"] == category]
         trees = [row_config(row) for _, row in rows.iterrows()]
-        fixed = {(repr({**t["data"], "root": ""}), repr(t["backbone"]), t["train"]["epochs"]) for t in trees}
+        fixed = {(repr({**t["data"], "root": ""}), repr(t["backbone"]), t["train"]["precision"], t["train"]["epochs"])
+                 for t in trees}  # what the shared prepared data depend on (prepared.data_key), and the budget
         if len(fixed) > 1:
-            raise SSNFError(f"--confirm {file}: the candidates of {category} differ in data, backbone or budget; "
-                            "confirm them in separate runs")
+            raise SSNFError(f"--confirm {file}: the candidates of {category} differ in data, backbone, precision or "
+                            "budget; confirm them in separate runs")
         tree = trees[0]
         if options.data_root:
             tree["data"]["root"] = str(Path(options.data_root).expanduser().resolve())
@@ -445,8 +465,9 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                 sync.download()
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         else:
-            callback = ParquetResults(f"{uri}/results", options.name, category, base, cfg.train.epochs,
-                                      options.cpus_per_trial, options.gpus_per_trial, space=space,
+            if sync is not None:
+                sync.fresh()
+            callback = ParquetResults(f"{uri}/results", options.name, category, base, options.cpus_per_trial, options.gpus_per_trial, space=space,
                                       space_name=None if confirmation else options.space, confirming=confirming,
                                       on_end=sync)
             if confirmation is None:
@@ -488,8 +509,13 @@ def close_orphans(journal: Path, category: str) -> int:
     ``optuna-dashboard`` show no trial running forever. Returns how many."""
     import optuna
 
+    if not journal.is_file():
+        return 0
     storage = _storage(journal)
-    study = optuna.load_study(study_name=category, storage=storage)
+    try:
+        study = optuna.load_study(study_name=category, storage=storage)
+    except KeyError:  # no study of that name in the file
+        return 0
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for trial in orphans:
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

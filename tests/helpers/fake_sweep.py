@@ -72,17 +72,21 @@ def write_confirmation(store: Path, sweep: Path, scores: dict[str, list[float]],
     """Confirmation rows: for each sweep trial id in ``scores``, one completed run per score (seeds 1, 2, ...)."""
     import pandas as pd
 
-    from ssnf.config import SSNFConfig, from_dict
+    from ssnf.config import flatten
     from ssnf.results import row_config
+    from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY
 
     trials = pd.read_parquet(sweep / "results" / "trials")
     results = store / experiment / "results"
     for trial_id, values in scores.items():
         src = trials[trials["trial_id"] == trial_id].iloc[0]
         tree = row_config(src)
+        # as tune_main.py --confirm builds it: the category's base, the candidate's overrides, a new seed
+        keep = ("data.", "backbone.", "train.threads", "train.device", "train.seed")
+        confirming = {trial_id: (src["experiment"], trial_id,
+                                 {k: v for k, v in flatten(tree).items() if not k.startswith(keep)})}
         for s, value in enumerate(values, start=1):
-            tree["train"]["seed"] = s
-            cfg = from_dict(SSNFConfig, tree)
+            cfg = trial_config(tree, {CONFIRMS_KEY: trial_id, SEED_KEY: s}, confirming)
             history = [{"epoch": e + 1, "val_score": value, "val_image_auroc": value, "val_pixel_auroc": value,
                         "train_s": 1.0, "val_s": 0.5} for e in range(cfg.train.epochs)]
             test = {"image_auroc": (tests or {}).get(trial_id, 0.7), "pixel_auroc": 0.9, "aupro": 0.8, "image_f1_max": 0.9}
