@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssnf.results import CONFIG_PREFIX, Results, ResultsError, row_config
+from ssnf.results import CONFIG_PREFIX, Results, ResultsError, full_budget, ranked, row_config
 
 TESTS = ("test_image_auroc", "test_pixel_auroc", "test_aupro")
+__all__ = ["Selection", "candidates", "confirmation_rows", "deployable", "full_budget", "ranked", "select", "summary",
+           "sweep_rows", "write_selection"]
 
 
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
@@ -29,17 +31,6 @@ def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
 
 def confirmation_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["confirms"].notna()]
-
-
-def full_budget(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials that trained their whole budget and have a validation score."""
-    ok = (trials["status"] == "completed") & (trials["epochs_run"] >= trials["budget_epochs"])
-    return trials[ok & trials["final_val_score"].notna()]
-
-
-def ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    """Full-budget trials, best final ``val_score`` first (ties by trial id): the one ranking everything uses."""
-    return full_budget(trials).sort_values(["final_val_score", "trial_id"], ascending=[False, True])
 
 
 def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = None) -> pd.DataFrame:

@@ -295,6 +295,18 @@ def read_results(locations: Iterable[str]) -> Results:
     return Results(t.reset_index(drop=True), e.reset_index(drop=True), sources)
 
 
+def full_budget(trials: Any) -> Any:
+    """The rows of trials that trained their whole budget and have a validation score."""
+    ok = (trials["status"] == "completed") & (trials["epochs_run"] >= trials["budget_epochs"])
+    return trials[ok & trials["final_val_score"].notna()]
+
+
+def ranked(trials: Any) -> Any:
+    """Full-budget trials, best final ``val_score`` first (ties by trial id): the one ranking that the sweep's
+    printed best and ``analysis`` use."""
+    return full_budget(trials).sort_values(["final_val_score", "trial_id"], ascending=[False, True])
+
+
 def row_config(row: Any) -> dict:
     """The nested config of a trials row (its ``config.*`` columns), as ``ssnf train --config`` reads it."""
     from ssnf.config import unflatten
@@ -313,5 +325,5 @@ def row_config(row: Any) -> dict:
 
 
 __all__ = ["CONFIG_PREFIX", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
-           "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem",
-           "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]
+           "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem", "full_budget",
+           "ranked", "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]

@@ -39,7 +39,7 @@ from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
 from ssnf.files import atomic_path
 from ssnf.prepared import check_splits, prepare_data
-from ssnf.results import filesystem, read_results, row_config
+from ssnf.results import filesystem, ranked, read_results, row_config
 from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY, check_space
 from ssnf.tune.results import ParquetResults
 from ssnf.tune.trainable import run_trial, share
@@ -527,9 +527,8 @@ def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:
     outcomes = []
     for category in categories:
         rows = trials[trials["category"] == category] if len(trials) else trials
-        full = rows[rows["status"] == "completed"] if len(rows) else rows
-        best = full.loc[full["final_val_score"].idxmax()] if len(full) and full["final_val_score"].notna().any() else None
-        outcomes.append(CategoryOutcome(category, rows, best))
+        best = ranked(rows) if len(rows) else rows
+        outcomes.append(CategoryOutcome(category, rows, best.iloc[0] if len(best) else None))
     return outcomes
 
 
