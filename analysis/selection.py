@@ -33,10 +33,11 @@ def confirmation_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["confirms"].notna()]
 
 
-def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = None) -> pd.DataFrame:
+def candidates(trials: pd.DataFrame, k: int | None = 3, categories: list[str] | None = None) -> pd.DataFrame:
     """Per category, the ``k`` full-budget sweep trials with the highest final ``val_score`` (column ``rank``,
-    1 = best; ties by trial id). One line names a category that is missing or has no full-budget trial."""
-    if k < 1:
+    1 = best; ties by trial id; ``k=None``: all of them). One line names a category that is missing or has no
+    full-budget trial."""
+    if k is not None and k < 1:
         raise ResultsError(f"--k={k} must be at least 1")
     sweep = sweep_rows(trials)
     if not len(sweep):
@@ -56,7 +57,7 @@ def candidates(trials: pd.DataFrame, k: int = 3, categories: list[str] | None = 
                                f"({counts}): run more trials or a larger budget")
         top = ranked(full).copy()
         top.insert(0, "rank", range(1, len(top) + 1))
-        out.append(top.head(k))
+        out.append(top if k is None else top.head(k))
     return pd.concat(out, ignore_index=True)
 
 
@@ -77,7 +78,7 @@ def _std(values: list[float]) -> float:
 def select(results: Results, k: int = 3, categories: list[str] | None = None) -> Selection:
     """Provisional pick (no confirmation runs of a category in ``results``: the sweep's best) or confirmed
     pick (the candidate with the best mean validation score over its confirmation seeds)."""
-    everyone = candidates(results.trials, 10**9, categories)  # every full-budget trial, ranked
+    everyone = candidates(results.trials, None, categories)  # every full-budget trial, ranked
     confirm = full_budget(confirmation_rows(results.trials))
     # one run per (candidate, seed): a second confirmation run with the same seeds is not counted twice
     confirm = confirm.sort_values("ended_at").drop_duplicates(["confirms_experiment", "confirms", "seed"], keep="last")
