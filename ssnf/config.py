@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 LAYOUTS = ("auto", "mvtec", "btad", "dagm", "folder")
 PRECISIONS = ("fp32", "bf16")
+REFERENCES = ("standard", "graded")  # = ssnf.synthesis.reference.RECIPES (config imports nothing of ssnf's)
 
 
 @dataclass
@@ -32,6 +33,10 @@ class DataConfig:
     val_fraction: float = 0.1  # share of normal training images held out as validation normals
     few_shot: int = 0  # keep this many normal training images (0: all)
     seed: int = 0  # drives the validation hold-out, its synthetic anomalies and the few-shot choice
+    # the validation anomalies' recipe (ssnf/synthesis/reference.py). standard: the defects blended in at 30-100 %.
+    # graded: subtle / moderate / clear defects whose contrast is drawn in units of each image's noise level and
+    # whose size shrinks with the grade: harder, so that validation still ranks configs where standard saturates
+    reference: str = "standard"
     # "folder" layout only: folders under <root>/<category> (absolute paths also work).
     normal_dir: str = "good"
     abnormal_dir: str = "defect"
@@ -42,6 +47,8 @@ class DataConfig:
     def validate(self) -> None:
         if self.layout not in LAYOUTS:
             raise ConfigError(f"data.layout={self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"data.reference={self.reference!r} is not one of {', '.join(REFERENCES)}")
         if self.image_size < 32:
             raise ConfigError(f"data.image_size={self.image_size} is too small (32 pixels at least)")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -63,9 +63,10 @@ def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
         raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")
 
 
-def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int, device) -> ValidationSet:
+def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int, device,
+                     recipe: str = "standard") -> ValidationSet:
     """The validation set of held-out normal ``images``: the images and their reference anomalies."""
-    anomalies = reference_set(images, seed)
+    anomalies = reference_set(images, seed, recipe)
     all_images = np.concatenate([images, np.stack([a[0] for a in anomalies])])
     masks = np.concatenate([np.zeros(images.shape[:3], bool), np.stack([a[1] for a in anomalies])])
     labels = np.r_[np.zeros(len(images), int), np.ones(len(anomalies), int)]
@@ -91,7 +92,7 @@ def prepare_data(cfg: SSNFConfig, extractor: FeatureExtractor, splits: Splits, d
     cache = FeatureCache()
     feats = cache.features(extractor, splits.train, images, size, device)
     t_features = time.perf_counter() - t0
-    val = build_validation(extractor, load_images(splits.val, size), cfg.data.seed, device)
+    val = build_validation(extractor, load_images(splits.val, size), cfg.data.seed, device, cfg.data.reference)
     t = time.perf_counter()
     regions = object_regions(images)
     timings = {"features_s": t_features, "cache_hits": cache.hits, "cache_misses": cache.misses,

@@ -36,7 +36,7 @@ from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 STATUSES = ("completed", "stopped", "diverged", "error")
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
@@ -90,7 +90,8 @@ def trials_schema() -> pa.Schema:
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
         pa.field("node_id", pa.string()), pa.field("node_ip", pa.string()), pa.field("gpu_ids", pa.string()),
         pa.field("device", pa.string()), pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
-        pa.field("data_fetch_s", pa.float64()),
+        pa.field("data_fetch_s", pa.float64()), pa.field("features_id", pa.string()),
+        pa.field("data_prepare_s", pa.float64()),
         pa.field("started_at", pa.timestamp("s", tz="UTC")), pa.field("ended_at", pa.timestamp("s", tz="UTC")),
     ]
     return pa.schema(head + config_fields() + metrics + tail, metadata={"ssnf_schema_version": str(SCHEMA_VERSION)})
@@ -168,6 +169,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         "node_ip": last_result.get("node_ip"), "gpu_ids": last_result.get("gpu_ids"),
         "device": last_result.get("device"), "niceness": last_result.get("niceness"),
         "data_bytes": last_result.get("data_bytes"), "data_fetch_s": last_result.get("data_fetch_s"),
+        "features_id": last_result.get("features_id"), "data_prepare_s": last_result.get("data_prepare_s"),
         "started_at": int(started), "ended_at": int(ended),
     }
     epochs = [

@@ -9,7 +9,7 @@ import pytest
 from search_spaces import SPACES, register_space
 from ssnf.config import SSNFConfig, to_dict
 from ssnf.errors import ConfigError
-from ssnf.tune.overrides import check_space, trial_config
+from ssnf.tune.overrides import EXTRACTOR_KEYS, check_space, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASE = to_dict(SSNFConfig())
@@ -45,7 +45,8 @@ def test_every_space_samples_valid_configs_with_conditional_parameters(name):
         assert cfg.model.hidden % cfg.model.heads == 0
         if cfg.loss.weight == 0:  # no synthetic term: its synthesis and margin knobs are not searched
             assert not any(k.startswith(("synthesis.", "loss.margin", "loss.cap", "loss.form")) for k in params)
-        assert not any(k.startswith(("data.", "backbone.")) or k in ("train.seed", "train.epochs") for k in {**params, **derived})
+        assert not any((k.startswith(("data.", "backbone.")) and k not in EXTRACTOR_KEYS)
+                       or k in ("train.seed", "train.epochs") for k in {**params, **derived})
     depths = {p["space.depth"] for p, _, _ in drawn}
     assert len(depths) > 1, "the stacking depth is searched"
     assert {p["space.block0"] for p, _, _ in drawn} == {"conv", "attn"}, "the block order is searched"
@@ -67,7 +68,7 @@ def test_paper_space_covers_the_issue_s_knobs():
 
 
 def test_a_space_may_not_set_what_the_experiment_fixes():
-    for key, value in (("data.image_size", 64), ("backbone.name", "resnet18"), ("train.epochs", 3), ("train.seed", 1)):
+    for key, value in (("data.root", "x"), ("backbone.pretrained", False), ("train.epochs", 3), ("train.seed", 1)):
         with pytest.raises(ConfigError, match=f"a search space may not set '{key}'"):
             trial_config(BASE, {key: value})
 
@@ -99,3 +100,32 @@ def test_register_space_adds_a_named_space():
         check_space(tiny, BASE)
     finally:
         del SPACES["_test_only"]
+
+
+def test_paper_space_searches_the_extractor_and_its_baseline_is_the_default_config():
+    space = SPACES["paper"]
+    drawn = samples(space, 60, seed=5)
+    assert len({c.backbone.name for _, _, c in drawn}) == 4
+    assert len({c.backbone.strides for _, _, c in drawn}) == 3
+    assert len({c.data.image_size for _, _, c in drawn}) == 3
+    # the baseline is a point of the space (Optuna enqueues it as trial 0) that builds ssnf's default config
+    study = optuna.create_study()
+    study.enqueue_trial(space.baseline)
+    trial = study.ask()
+    derived = space(trial)
+    assert trial.params == space.baseline, "every baseline value is one the space asks for"
+    assert to_dict(trial_config(BASE, {**trial.params, **derived})) == BASE
+
+
+def test_a_space_may_set_the_extractor_but_not_the_rest_of_data_and_backbone():
+    cfg = trial_config(BASE, {"backbone.name": "tf_efficientnet_lite0", "backbone.strides": [16], "data.image_size": 192})
+    assert (cfg.backbone.name, cfg.backbone.strides, cfg.data.image_size) == ("tf_efficientnet_lite0", (16,), 192)
+    for key, value in (("backbone.pretrained", False), ("data.reference", "graded"), ("data.seed", 3)):
+        with pytest.raises(ConfigError, match=key):
+            trial_config(BASE, {key: value})
+
+
+def test_check_space_returns_every_backbone_choice_for_the_driver_to_check():
+    configs = check_space(SPACES["paper"], BASE, samples=2, seed=0)
+    assert {c.backbone.name for c in configs} == {
+        "mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"}

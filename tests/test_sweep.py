@@ -86,7 +86,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"9"
+    assert schema.metadata[b"ssnf_schema_version"] == b"10"
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"
@@ -103,6 +103,52 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     assert outcome.best["trial_id"] == completed.loc[completed["final_val_score"].idxmax(), "trial_id"]
     table = best_table(outcomes)
     assert outcome.best["trial_id"] in table and "| washer |" in table
+
+
+def extractor_space(trial) -> dict:
+    """Module-level space that searches the feature extractor: two image sizes x two stride sets."""
+    trial.suggest_categorical("data.image_size", [64, 96])
+    strides = trial.suggest_categorical("space.strides", ["8", "8,16"])
+    trial.suggest_categorical("model.hidden", [8, 16])
+    return {"backbone.strides": [int(s) for s in strides.split(",")], "model.blocks": "conv", "model.heads": 2,
+            "model.couplings": 1}
+
+
+def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ray_session, tmp_path):
+    """A space that searches image size and strides: every distinct setting's data are prepared once by the
+    store and shared with every trial of that setting; the trial rows name their feature set; the store's
+    costs are written per category; the validation recipe of the experiment (graded) is recorded."""
+    import json
+
+    from ssnf.config import from_dict
+    from ssnf.results import row_config
+    from ssnf.tune.shared import features_id
+
+    options = SweepOptions(
+        data_root=str(demo_root), categories=["weave"], space="x", num_samples=6, max_epochs=1,
+        max_concurrent=2, storage=str(tmp_path / "store"), name="ext", searcher="random", scheduler="none",
+        base=merge(to_dict(SSNFConfig()), {**BASE_SETS, "data.reference": "graded"}), verbose=0,
+    )
+    run_sweep(options, {"x": extractor_space})
+    results = tmp_path / "store" / "ext" / "results"
+    trials = pd.read_parquet(results / "trials")
+    assert len(trials) == 6 and set(trials["status"]) == {"completed"}
+    assert set(trials["config.data.reference"]) == {"graded"}
+    settings = trials.groupby(["config.data.image_size", trials["config.backbone.strides"].map(tuple)])
+    assert settings.ngroups >= 2, "the random draws cover at least two extractor settings"
+    for _, group in settings:
+        cfg = from_dict(SSNFConfig, row_config(group.iloc[0]))
+        assert set(group["features_id"]) == {features_id(cfg)}, "a setting's trials share one feature set"
+        assert (group["data_bytes"] > 0).all()
+    stats = json.loads((results / "features" / "weave.json").read_text())
+    ids = [s["features_id"] for s in stats]
+    assert len(ids) == len(set(ids)), "each setting prepared once"
+    used = {s["features_id"]: s["trials"] for s in stats if s["trials"]}
+    assert used == trials["features_id"].value_counts().to_dict()
+    assert all(s["prepare_s"] > 0 and s["bytes"] > 0 for s in stats)
+    # the base setting (64 px, strides 8,16) was prepared by the driver before any trial: it waited for nothing
+    base = [s for s in stats if s["image_size"] == 64 and s["strides"] == [8, 16]]
+    assert base and (trials[trials["features_id"] == base[0]["features_id"]]["data_prepare_s"] < 0.5).all()
 
 
 def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_path):

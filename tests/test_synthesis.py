@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssnf.config import SynthesisConfig
-from ssnf.data.demo import render_washer, render_weave
+from ssnf.data.demo import DEFECTS, render_washer, render_weave
 from ssnf.errors import ConfigError
 from ssnf.synthesis.patches import foreground_mask, object_region, object_regions, synthesize
 from ssnf.synthesis.reference import COPIES, reference_anomaly, reference_set
@@ -183,3 +183,31 @@ def test_reference_set_paints_on_the_object_of_object_categories_only():
 def test_bad_synthesis_config_is_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(SynthesisConfig(), **{field: value}).validate()
+
+
+def test_graded_reference_defects_scale_with_the_image_s_own_variation():
+    """The graded recipe: the same grade changes a smooth image by less than a busy one (contrast in units of
+    the image's noise level), subtle defects are smaller and fainter than clear ones, every grade shows up,
+    and the set is reproducible."""
+    from ssnf.synthesis.reference import GRADES, graded_anomaly, noise_level
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(128 + rng.normal(0, 2, (96, 96, 1)), 0, 255).repeat(3, axis=2).astype(np.uint8)
+    busy = np.clip(128 + rng.normal(0, 30, (96, 96, 1)), 0, 255).repeat(3, axis=2).astype(np.uint8)
+    assert noise_level(busy) > 5 * noise_level(smooth)
+    stats: dict = {}
+    for image, name in ((smooth, "smooth"), (busy, "busy")):
+        for seed in range(60):
+            out, mask, kind = graded_anomaly(image, seed)
+            assert mask.any() and kind.split("/")[0] in DEFECTS and kind.split("/")[1] in {g.name for g in GRADES}
+            change = np.abs(out.astype(int) - image.astype(int)).max(axis=2)
+            assert not change[~mask].any() or change[~mask].max() < 2, "nothing changes outside the mask"
+            stats.setdefault((name, kind.split("/")[1]), []).append((np.median(change[mask]), mask.sum()))
+    for name in ("smooth", "busy"):
+        subtle, clear = np.array(stats[(name, "subtle")]), np.array(stats[(name, "clear")])
+        assert np.median(subtle[:, 0]) < np.median(clear[:, 0]), "subtle is fainter"
+        assert np.median(subtle[:, 1]) < np.median(clear[:, 1]), "subtle is smaller"
+    assert np.median(np.array(stats[("smooth", "clear")])[:, 0]) < np.median(np.array(stats[("busy", "clear")])[:, 0])
+    a, b = graded_anomaly(busy, 4), graded_anomaly(busy, 4)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert len(reference_set(np.stack([busy, smooth]), seed=1, recipe="graded")) == 2 * COPIES

@@ -85,13 +85,8 @@ def build_extractor(cfg: BackboneConfig, reachable: Callable[[], bool] = hub_rea
     """Build the frozen extractor of ``cfg``, loading weights as ``resolve_weights`` finds them."""
     import timm
 
-    cfg.validate()
     name = cfg.name
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise BackboneError(f"unknown backbone {name!r}{hint}: use a timm model name")
-    indices = _out_indices(name, cfg.strides)
+    indices = _indices(cfg)
 
     source = resolve_weights(name, cfg.weights, reachable) if cfg.pretrained else WeightsSource("none")
     if source.kind == "hub":
@@ -124,6 +119,26 @@ def build_extractor(cfg: BackboneConfig, reachable: Callable[[], bool] = hub_rea
     mean, std = _norm_stats(stats_from, name)
     channels = tuple(int(c) for c in body.feature_info.channels())
     return FeatureExtractor(body, name, cfg.strides, channels, mean, std, described)
+
+
+def check_backbone(cfg: BackboneConfig, reachable: Callable[[], bool] = hub_reachable) -> None:
+    """What ``build_extractor(cfg)`` would refuse, without loading weights: an unknown model, a stride it does
+    not have, weights that cannot be found. A sweep runs it for every extractor setting before any trial."""
+    _indices(cfg)
+    if cfg.pretrained:
+        resolve_weights(cfg.name, cfg.weights, reachable)
+
+
+def _indices(cfg: BackboneConfig) -> tuple[int, ...]:
+    """The timm feature indices of ``cfg``'s strides; one-line errors for an unknown model or stride."""
+    import timm
+
+    cfg.validate()
+    if not timm.is_model(cfg.name):
+        close = difflib.get_close_matches(cfg.name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise BackboneError(f"unknown backbone {cfg.name!r}{hint}: use a timm model name")
+    return _out_indices(cfg.name, cfg.strides)
 
 
 def _out_indices(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
-from ssnf.config import SSNFConfig, from_dict, merge
+from ssnf.config import SSNFConfig, from_dict, merge, with_overrides
 from ssnf.errors import ConfigError
 
-# Values a trial may not change: features are shared per category, the budget is the experiment's.
+# Values a trial may not change: the data and the budget are the experiment's. The feature extractor's
+# setting is the exception: a space may search it, and each distinct setting's features are prepared once
+# and shared with every trial that uses it (ssnf.tune.shared.FeatureStore).
 FIXED_PREFIXES = ("data.", "backbone.")
 FIXED_KEYS = ("train.seed", "train.epochs")
+EXTRACTOR_KEYS = ("backbone.name", "backbone.strides", "data.image_size")
 HELPER_PREFIX = "space."
 # A confirmation run's sample: which candidate it re-trains, with which seed (tune_main.py --confirm).
 CONFIRMS_KEY = "space.confirms"
@@ -25,28 +29,39 @@ def trial_config(base: dict, sample: dict[str, Any], confirming: dict | None = N
         return from_dict(SSNFConfig, merge(base, {**overrides, "train.seed": int(sample[SEED_KEY])}))
     overrides = {k: v for k, v in sample.items() if not k.startswith(HELPER_PREFIX)}
     for key in overrides:
-        if key.startswith(FIXED_PREFIXES) or key in FIXED_KEYS:
+        if (key.startswith(FIXED_PREFIXES) and key not in EXTRACTOR_KEYS) or key in FIXED_KEYS:
             raise ConfigError(f"a search space may not set {key!r}: it is fixed for the whole experiment")
     return from_dict(SSNFConfig, merge(base, overrides))
 
 
-def check_space(space: Callable, base: dict, samples: int = 8, seed: int = 0) -> None:
+def check_space(space: Callable, base: dict, samples: int = 8, seed: int = 0) -> list[SSNFConfig]:
     """Draw a few samples from ``space`` with Optuna's random sampler and build their configs:
-    a typo in a key, a value of the wrong type or a forbidden key fails here, before any trial runs."""
+    a typo in a key, a value of the wrong type or a forbidden key fails here, before any trial runs.
+    Returns the configs built, and one more per backbone name the space offers as a categorical choice that no
+    sample drew (the caller checks every extractor setting among them: weights, strides)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    configs: list[SSNFConfig] = []
+    names: set[str] = set()
     for _ in range(samples):
         trial = study.ask()
         derived = space(trial) or {}
-        trial_config(base, {**trial.params, **derived}).validate()
+        cfg = trial_config(base, {**trial.params, **derived})
+        cfg.validate()
+        configs.append(cfg)
         try:  # the results record each trial's parameters by replaying the space: it must replay
-            replay_space(space, {**trial.params, **derived})
+            params = replay_space(space, {**trial.params, **derived})
         except (AttributeError, ConfigError) as exc:
             raise ConfigError(f"the space cannot be replayed on its own sample ({exc}): use only suggest_float, "
                               "suggest_int and suggest_categorical, and branch on sampled values only") from None
         study.tell(trial, 0.0)
+        if "backbone.name" in params:
+            names.update(json.loads(params["backbone.name"]["distribution"])["attributes"]["choices"])
+    seen = {c.backbone.name for c in configs}
+    configs += [with_overrides(configs[0], backbone={"name": n}) for n in sorted(names - seen)]
+    return configs
 
 
 class _Replay:

@@ -32,17 +32,18 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ssnf.backbones.extractor import build_extractor
+from ssnf.backbones.extractor import check_backbone
 from ssnf.config import SSNFConfig, flatten, from_dict, merge, to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
 from ssnf.files import atomic_path
-from ssnf.prepared import check_splits, prepare_data
+from ssnf.prepared import check_splits
 from ssnf.results import filesystem, ranked, read_results, row_config
-from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY, check_space
+from ssnf.tune.overrides import CONFIRMS_KEY, EXTRACTOR_KEYS, SEED_KEY, check_space
 from ssnf.tune.results import ParquetResults
-from ssnf.tune.trainable import run_trial, share
+from ssnf.tune.shared import start_store
+from ssnf.tune.trainable import run_trial
 
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
@@ -78,6 +79,7 @@ class SweepOptions:
     scheduler: str = "asha"
     base: dict = field(default_factory=dict)  # nested config values every trial starts from (--config)
     share_features: bool = True  # False: every trial extracts its own features (the benchmark's baseline)
+    baseline: bool = True  # the space's ``baseline`` point (ssnf's default config), where it has one, is trial 0
     shared_storage: bool = False  # a local ``storage`` path is mounted at the same place on every node
     trial_niceness: int = 0  # CPU priority of the trials' processes (0: as any other job; Ray's default 15)
     confirm: str | None = None  # a candidates Parquet (analysis select): re-train each with new seeds instead
@@ -146,7 +148,9 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
         cfg = from_dict(SSNFConfig, tree)
         splits = make_splits(load_index(cfg.data), cfg.data)  # opens every image header and mask: once
         check_splits(cfg, splits)
-        check_space(spaces[options.space], to_dict(cfg), seed=options.seed)
+        seen = check_space(spaces[options.space], to_dict(cfg), seed=options.seed)
+        for backbone in {repr(c.backbone): c.backbone for c in [cfg, *seen]}.values():
+            check_backbone(backbone)  # every extractor setting the space offers: weights present, strides known
         configs[category] = (cfg, splits)
     uri = experiment_uri(options)
     started = [c for c in options.categories if _exists(f"{uri}/{c}")]
@@ -337,8 +341,12 @@ def _searcher(options: SweepOptions, space: Callable, category: str):
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     # the study lives in a journal file in the experiment folder: `optuna-dashboard <file>` shows the live
     # sweep, and Ray's snapshot of the searcher reopens the same file on --resume (the same study goes on)
+    # trial 0: the space's baseline (ssnf's default config), so that the sweep's every pick is measured against
+    # the default on the same budget and the same validation set
+    baseline = getattr(space, "baseline", None) if options.baseline else None
     search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler, study_name=category,
-                          storage=_storage(local_journal(options, category)))
+                          storage=_storage(local_journal(options, category)),
+                          points_to_evaluate=[dict(baseline)] if baseline else None)
     return ConcurrencyLimiter(search, max_concurrent=options.max_concurrent)
 
 
@@ -404,11 +412,13 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
     for category in categories:
         rows = candidates[candidates["category"] == category]
         trees = [row_config(row) for _, row in rows.iterrows()]
-        fixed = {(repr({**t["data"], "root": ""}), repr(t["backbone"]), t["train"]["precision"], t["train"]["epochs"])
-                 for t in trees}  # what the shared prepared data depend on (prepared.data_key), and the budget
+        searched = {k.split(".", 1)[1] for k in EXTRACTOR_KEYS}  # may differ: each setting is prepared once
+        fixed = {(repr({k: v for k, v in t["data"].items() if k not in searched | {"root"}}),
+                  repr({k: v for k, v in t["backbone"].items() if k not in searched}),
+                  t["train"]["precision"], t["train"]["epochs"]) for t in trees}
         if len(fixed) > 1:
-            raise SSNFError(f"--confirm {file}: the candidates of {category} differ in data, backbone, precision or "
-                            "budget; confirm them in separate runs")
+            raise SSNFError(f"--confirm {file}: the candidates of {category} differ in data, backbone weights, "
+                            "precision or budget; confirm them in separate runs")
         tree = trees[0]
         if options.data_root:
             tree["data"]["root"] = str(Path(options.data_root).expanduser().resolve())
@@ -424,7 +434,7 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
         keep = ("data.", "backbone.", "train.threads", "train.device", "train.seed")
         confirming = {}
         for (_, row), t in zip(rows.iterrows(), trees):
-            overrides = {k: v for k, v in flatten(t).items() if not k.startswith(keep)}
+            overrides = {k: v for k, v in flatten(t).items() if not k.startswith(keep) or k in EXTRACTOR_KEYS}
             confirming[_candidate_id(row["experiment"], row["trial_id"])] = (row["experiment"], row["trial_id"], overrides)
         out[category] = (cfg, splits, Confirmation(confirming, seeds))
     uri = experiment_uri(options)
@@ -447,13 +457,14 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
     space = None if options.confirm else spaces[options.space]
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     for category, (cfg, splits, confirmation) in plans.items():
-        shared = None
-        if options.share_features:  # features, validation and test set, extractor: once, into the object store
-            shared = share(prepare_data(cfg, build_extractor(cfg.backbone), splits, portable=True))
         base = to_dict(cfg)
+        store = None
+        if options.share_features:  # per extractor setting: features, validation and test set, extractor, once
+            store = start_store(splits, threads=max(1, int(options.cpus_per_trial)))
+            ray.get(store.get.remote(base, count=False))  # the base setting now: a data problem shows before any trial
         confirming = confirmation.confirming if confirmation else None
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=base, shared=shared, private_cache=not options.share_features,
+            tune.with_parameters(run_trial, base=base, store=store, private_cache=not options.share_features,
                                  confirming=confirming),
             resources)
         path = f"{uri}/{category}"
@@ -489,6 +500,9 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                 ),
             )
         tuner.fit()
+        if store is not None:
+            write_feature_stats(uri, category, ray.get(store.stats.remote()), options.verbose)
+            ray.kill(store)  # its feature sets leave the object store before the next category's
         expected = confirmation.runs if confirmation else options.num_samples
         ended = read_trials(uri)
         ended = ended[ended["category"] == category]["trial_id"].nunique() if len(ended) else 0
@@ -501,6 +515,29 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
             if sync is not None:
                 sync()
     return summarize(uri, list(plans))
+
+
+def write_feature_stats(uri: str, category: str, stats: list[dict], verbose: int = 1) -> None:
+    """Print what each extractor setting's shared data cost, and add it to
+    ``<experiment>/results/features/<category>.json`` (a resumed sweep's store appends its own entries)."""
+    import datetime
+    import json
+
+    fs, path = filesystem(f"{uri}/results/features/{category}.json")
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    previous = []
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        with fs.open_input_stream(path) as f:
+            previous = json.loads(f.read().decode())
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(previous + [{**s, "written_at": now} for s in stats], indent=1).encode())
+    if verbose:
+        print(f"feature sets of {category} (shared through the object store; {path}):")
+        for s in stats:
+            print(f"  {s['features_id']}  {s['backbone']:<22} strides {','.join(map(str, s['strides'])):<8} "
+                  f"{s['image_size']:>4} px  prepared in {s['prepare_s']:7.1f} s  {s['bytes'] / 2**20:8.1f} MiB  "
+                  f"{s['trials']:3d} trials")
 
 
 def close_orphans(journal: Path, category: str) -> int:

@@ -7,9 +7,10 @@ epoch (prefixed ``test_``; reported, never used to select). A diverging trial re
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 
 The prepared data (features, validation set, decoded test split, the frozen extractor with its weights)
-arrive through Ray's object store (``SharedData``): a trial on any node of a cluster needs neither the
-dataset nor the weights cache. Each report also names where the trial ran (Ray node id, GPU ids, torch
-device, process niceness) and what receiving the data cost.
+of the trial's extractor setting come from the category's ``FeatureStore`` through Ray's object store
+(``ssnf.tune.shared``): a trial on any node of a cluster needs neither the dataset nor the weights cache,
+and each setting is prepared once per sweep. Each report also names where the trial ran (Ray node id, GPU
+ids, torch device, process niceness) and what getting the data cost.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
 
+from ssnf.config import to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate
@@ -37,37 +38,24 @@ from ssnf.tune.overrides import trial_config
 HISTORY = "history.json"  # a trial checkpoint's epoch reports, readable without loading the checkpoint
 
 
-@dataclass
-class SharedData:
-    """A reference to one category's ``PreparedData`` in the object store, and its size. Passed inside
-    this wrapper so that the trial itself fetches it and can time the fetch."""
-
-    ref: ray.ObjectRef
-    nbytes: int
-
-
-def share(data: PreparedData) -> SharedData:
-    """Put ``data`` in the object store once (the driver's node); every trial reads it from there."""
-    ref = ray.put(data)
-    info = ray.experimental.get_object_locations([ref]).get(ref) or {}
-    return SharedData(ref, int(info.get("object_size") or 0))
-
-
 def placement() -> dict:
     """Where this trial runs: its Ray node, the GPUs Ray gave it, and its CPU priority."""
     return {"node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "niceness": os.nice(0)}
 
 
-def run_trial(config: dict, base: dict, shared: SharedData | None = None, private_cache: bool = False,
+def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
               confirming: dict | None = None) -> None:
+    """One trial; ``store``: the category's ``FeatureStore`` actor (None: the trial prepares its own data)."""
     cfg = trial_config(base, config, confirming)
     where = placement()
     data: PreparedData | None = None
-    if shared is not None:
+    if store is not None:
         t = time.perf_counter()
+        shared = ray.get(store.get.remote(to_dict(cfg)))
         data = ray.get(shared.ref)
-        where.update(data_fetch_s=time.perf_counter() - t, data_bytes=shared.nbytes)
+        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_bytes=shared.nbytes,
+                     data_prepare_s=shared.prepare_s, features_id=shared.features_id)
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
