@@ -6,10 +6,16 @@ Why a confirmation: the sweep's best trial is the maximum of many noisy validati
 score is biased upwards (the winner's curse) and a config can top the sweep on one lucky seed. Its
 confirmation mean is over new seeds only (the sweep's seed is the one it was selected on), so the lucky
 config can lose there.
+
+The *baseline*: a space with a ``baseline`` point (``search_spaces/paper.py``: ssnf's default config) runs
+it as the sweep's trial 0. ``select`` adds that trial to the candidates (whatever its rank, even if ASHA
+stopped it), so the confirmation re-trains the default too and the pick is measured against it on the
+same budget, seeds and validation set; the default can win.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,17 @@ def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
 
 def confirmation_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["confirms"].notna()]
+
+
+def is_baseline(row: pd.Series) -> bool:
+    """Whether a sweep trial ran its space's ``baseline`` point (its recorded parameters are exactly those)."""
+    from search_spaces import SPACES  # Optuna-free: the spaces' registry and their baseline points only
+
+    base = getattr(SPACES.get(row.get("space") or ""), "baseline", None)
+    if not base or not isinstance(row.get("params"), str):
+        return False
+    params = {k: v["value"] for k, v in json.loads(row["params"]).items()}
+    return params == base
 
 
 def candidates(trials: pd.DataFrame, k: int | None = 3, categories: list[str] | None = None) -> pd.DataFrame:
@@ -75,10 +92,21 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
-def select(results: Results, k: int = 3, categories: list[str] | None = None) -> Selection:
+def select(results: Results, k: int = 3, categories: list[str] | None = None, baseline: bool = True) -> Selection:
     """Provisional pick (no confirmation runs of a category in ``results``: the sweep's best) or confirmed
-    pick (the candidate with the best mean validation score over its confirmation seeds)."""
+    pick (the candidate with the best mean validation score over its confirmation seeds). ``baseline``: the
+    sweep's baseline trial is a candidate too (rank 0 when it did not train the full budget)."""
     everyone = candidates(results.trials, None, categories)  # every full-budget trial, ranked
+    if baseline:  # the default config's trial, wherever ASHA left it
+        sweep = sweep_rows(results.trials)
+        base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
+        base = base[base["category"].isin(set(everyone["category"]))]
+        extra = base[~base["trial_id"].isin(set(everyone["trial_id"]))].copy()
+        extra.insert(0, "rank", 0)
+        everyone = pd.concat([everyone, extra], ignore_index=True)
+        everyone["baseline"] = everyone["trial_id"].isin(set(base["trial_id"]))
+    else:
+        everyone["baseline"] = False
     confirm = full_budget(confirmation_rows(results.trials))
     # one run per (candidate, seed): a second confirmation run with the same seeds is not counted twice
     confirm = confirm.sort_values("ended_at").drop_duplicates(["confirms_experiment", "confirms", "seed"], keep="last")
@@ -88,7 +116,8 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None) ->
         ids = list(zip(group["experiment"], group["trial_id"]))
         mine = [i for i in ids if i in confirmed]
         # a category with confirmation runs: its candidates are the trials confirmed (whatever k is now)
-        picked.append(group[[i in mine for i in ids]] if mine else group.head(k))
+        top = group[group["rank"] >= 1].head(k) if not mine else group[[i in mine for i in ids]]
+        picked.append(pd.concat([top, group[group["baseline"] & ~group.index.isin(top.index)]]) if not mine else top)
     cands = pd.concat(picked, ignore_index=True)
     rows = []
     for _, c in cands.iterrows():
@@ -96,7 +125,8 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None) ->
         runs = runs.sort_values("seed")
         scores = [float(v) for v in runs["final_val_score"]]
         row = {
-            "category": c["category"], "rank": int(c["rank"]), "experiment": c["experiment"], "trial_id": c["trial_id"],
+            "category": c["category"], "rank": int(c["rank"]), "baseline": bool(c["baseline"]),
+            "experiment": c["experiment"], "trial_id": c["trial_id"],
             "space": c["space"], "image_size": int(c["config.data.image_size"]), "epochs": int(c["budget_epochs"]),
             "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]),
             "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
@@ -115,7 +145,7 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None) ->
         if confirmed:
             order = group.sort_values(["val_mean", "rank"], ascending=[False, True], na_position="last")
         else:
-            order = group.sort_values("rank")
+            order = group.sort_values("rank", key=_stopped_last)
         win = order.index[0]
         table.loc[group.index, "confirmed"] = bool(confirmed)
         table.loc[win, "chosen"] = True
@@ -123,6 +153,11 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None) ->
     chosen_ids = table[table["chosen"]][["experiment", "trial_id"]]
     chosen = cands.merge(chosen_ids, on=["experiment", "trial_id"])
     return Selection(table, chosen, cands)
+
+
+def _stopped_last(rank: pd.Series) -> pd.Series:
+    """Sort key: rank 0 (a baseline that did not train the full budget) after every full-budget rank."""
+    return rank.where(rank > 0, np.inf)
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -133,6 +168,8 @@ def _fmt(mean: float, std: float, n: int) -> str:
 def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> str:
     n_cand = len(order)
     if not confirmed:
+        if row["baseline"] and row["rank"] == 0:
+            return "the default config (the sweep's baseline trial, stopped before the full budget): confirm it too"
         if won:
             return (f"provisional: best final val_score {row['sweep_val_score']:.4f} of the category's full-budget "
                     f"trials, one seed; not confirmed (tune_main.py --confirm candidates.parquet)")
@@ -154,6 +191,17 @@ def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> 
                     text += f", higher on {wins} of {len(shared)} shared seeds"
         if row["rank"] != 1:
             text += f"; rank {row['rank']} in the sweep (its single-seed score {row['sweep_val_score']:.4f})"
+        base = order[order["baseline"] & (order.index != row.name) & (order["n_seeds"] > 0)]
+        if row["baseline"]:
+            text += "; this is the default config (the sweep's baseline trial)"
+        elif len(base):
+            b = base.iloc[0]
+            text += f"; the default config (trial {b['trial_id']}): {_fmt(b['val_mean'], b['val_std'], b['n_seeds'])}"
+            text += f", {row['val_mean'] - b['val_mean']:+.4f}"
+            mine, theirs = dict(zip(row["seeds"], row["seed_val_scores"])), dict(zip(b["seeds"], b["seed_val_scores"]))
+            shared = sorted(set(mine) & set(theirs))
+            if shared:
+                text += f", higher on {sum(mine[s] > theirs[s] for s in shared)} of {len(shared)} shared seeds"
         return text
     place = list(order.index).index(row.name) + 1
     return (f"confirmation place {place} of {n_cand}: mean val_score {_fmt(row['val_mean'], row['val_std'], row['n_seeds'])}"
@@ -211,8 +259,8 @@ def summary(selection: Selection) -> str:
         mean = "n/a" if math.isnan(r["val_mean"]) else f"{r['val_mean']:.4f}{std}"
         seeds = ",".join(str(s) for s in r["seeds"]) or "-"
         lines.append(
-            f"| {r['category']} | {'**chosen**' if r['chosen'] else ''}{' (confirmed)' if r['chosen'] and r['confirmed'] else ''} "
-            f"| {r['rank']} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
+            f"| {r['category']} | {'**chosen**' if r['chosen'] else ''}{' (confirmed)' if r['chosen'] and r['confirmed'] else ''}"
+            f"{' default' if r['baseline'] else ''} | {r['rank'] or 'stopped'} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
             f"{_num(r['sweep_test_image_auroc'])} / {_num(r['seeds_test_image_auroc_mean'])} | "
             f"{_num(r['sweep_test_pixel_auroc'])} / {_num(r['seeds_test_pixel_auroc_mean'])} | "
             f"{_num(r['sweep_test_aupro'])} / {_num(r['seeds_test_aupro_mean'])} | {r['reason']} |")

@@ -65,7 +65,7 @@ def test_bad_input_is_one_line(store, tmp_path):
     old.mkdir(parents=True)
     table = pq.read_table(next((store / "sweep" / "results" / "trials").glob("*.parquet")))
     pq.write_table(table.replace_schema_metadata({"ssnf_schema_version": "8"}), old / "x.parquet")
-    with pytest.raises(ResultsError, match="schema version 8 .*reads version 9"):
+    with pytest.raises(ResultsError, match="schema version 8 .*reads version 10"):
         read_results([store / "sweep", tmp_path / "old"])
     trials = _trials(store)
     with pytest.raises(ResultsError, match="category bolts is not in the results"):
@@ -229,3 +229,29 @@ def test_references_parse_and_sit_beside_the_chosen_model(store):
     got = comparison(table, renamed)
     washer = got[got["category"] == "washer"]
     assert washer["method"].iloc[0] == "ssnf chosen (provisional)" and len(washer) == 1 + (refs["category"] == "tire").sum()
+
+
+def test_the_default_config_is_a_candidate_and_the_pick_is_measured_against_it(tmp_path):
+    """A sweep of a space with a baseline: its trial 0 (ssnf's default config) joins the candidates even when
+    ASHA stopped it, is confirmed with the others, and the winner's reason says how far it beat the default."""
+    from analysis.selection import is_baseline, select, write_selection
+    from tests.helpers.fake_sweep import write_confirmation, write_sweep
+
+    sweep = write_sweep(tmp_path, categories=("washer",), n=9, space_name="paper", stopped=(0,))
+    results = read_results([str(sweep)])
+    assert results.trials.apply(is_baseline, axis=1).sum() == 1
+    first = select(results, k=2)
+    t = first.table
+    base = t[t["baseline"]]
+    assert len(t) == 3 and len(base) == 1 and base["rank"].iloc[0] == 0 and not base["chosen"].any()
+    assert "default config" in base["reason"].iloc[0]
+    write_selection(first, tmp_path / "best")
+    cands = pd.read_parquet(tmp_path / "best" / "candidates.parquet")
+    assert base["trial_id"].iloc[0] in set(cands["trial_id"]), "the default is confirmed with the others"
+    top = t[t["rank"] == 1]["trial_id"].iloc[0]
+    confirm = write_confirmation(tmp_path, sweep, {top: [0.91, 0.93], base["trial_id"].iloc[0]: [0.90, 0.86]})
+    second = select(read_results([str(sweep), str(confirm)]), k=2)
+    won = second.table[second.table["chosen"]].iloc[0]
+    assert won["trial_id"] == top
+    assert f"the default config (trial {base['trial_id'].iloc[0]})" in won["reason"]
+    assert "+0.0400" in won["reason"] and "higher on 2 of 2 shared seeds" in won["reason"]

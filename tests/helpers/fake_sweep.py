@@ -32,16 +32,20 @@ def _row(experiment, category, trial_id, cfg, history, status, test=None, **extr
 
 
 def write_sweep(store: Path, experiment: str = "sweep", categories=("washer", "weave"), n: int = 12,
-                seed: int = 0, epochs: int = 3) -> Path:
+                seed: int = 0, epochs: int = 3, space_name: str = "smoke", stopped: tuple[int, ...] = ()) -> Path:
+    """``space_name`` with a ``baseline`` point: trial 0 runs it (as the sweep enqueues it); ``stopped``:
+    trial numbers ASHA stops after one epoch whatever their number says."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = np.random.default_rng(seed)
-    space = SPACES.lookup("smoke")
+    space = SPACES.lookup(space_name)
     results = store / experiment / "results"
     for c, category in enumerate(categories):
         base = merge(to_dict(SSNFConfig()), {**BASE, "data.category": category, "train.epochs": epochs})
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed + c))
+        if getattr(space, "baseline", None):
+            study.enqueue_trial(space.baseline)
         for i in range(n):
             trial = study.ask()
             derived = space(trial) or {}
@@ -49,6 +53,7 @@ def write_sweep(store: Path, experiment: str = "sweep", categories=("washer", "w
             cfg = trial_config(base, sample)
             quality = 0.9 - 0.2 * abs(np.log10(cfg.train.lr) - np.log10(1e-3)) + rng.normal(0, 0.01)
             status = "diverged" if i == 1 else ("completed" if i % 3 == 0 or i == 2 else "stopped")
+            status = "stopped" if i in stopped else status
             n_epochs = epochs if status == "completed" else 1
             history = [{"epoch": e + 1, "loss": 1.0 / (e + 1), "val_score": quality - 0.05 * (n_epochs - e - 1),
                         "val_image_auroc": quality, "val_pixel_auroc": quality, "train_s": 1.0, "val_s": 0.5,
@@ -61,7 +66,7 @@ def write_sweep(store: Path, experiment: str = "sweep", categories=("washer", "w
                 test = {"image_auroc": float(np.clip(quality + rng.normal(0, 0.02), 0, 1)),
                         "pixel_auroc": float(np.clip(0.95 + (quality - 0.9) / 4, 0, 1)), "aupro": 0.8, "image_f1_max": 0.9}
             row, rows = _row(experiment, category, f"{category[:2]}{i:04d}", cfg, history, status, test,
-                             space="smoke", params=replay_space(space, sample))
+                             space=space_name, params=replay_space(space, sample))
             write_trial(str(results), row, rows)
             study.tell(trial, quality)
     return store / experiment
@@ -74,7 +79,7 @@ def write_confirmation(store: Path, sweep: Path, scores: dict[str, list[float]],
 
     from ssnf.config import flatten
     from ssnf.results import row_config
-    from ssnf.tune.overrides import CONFIRMS_KEY, SEED_KEY
+    from ssnf.tune.overrides import CONFIRMS_KEY, EXTRACTOR_KEYS, SEED_KEY
 
     trials = pd.read_parquet(sweep / "results" / "trials")
     results = store / experiment / "results"
@@ -84,7 +89,7 @@ def write_confirmation(store: Path, sweep: Path, scores: dict[str, list[float]],
         # as tune_main.py --confirm builds it: the category's base, the candidate's overrides, a new seed
         keep = ("data.", "backbone.", "train.threads", "train.device", "train.seed")
         confirming = {trial_id: (src["experiment"], trial_id,
-                                 {k: v for k, v in flatten(tree).items() if not k.startswith(keep)})}
+                                 {k: v for k, v in flatten(tree).items() if not k.startswith(keep) or k in EXTRACTOR_KEYS})}
         for s, value in enumerate(values, start=1):
             cfg = trial_config(tree, {CONFIRMS_KEY: trial_id, SEED_KEY: s}, confirming)
             history = [{"epoch": e + 1, "val_score": value, "val_image_auroc": value, "val_pixel_auroc": value,
