@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("results", nargs="+", help=results_help)
     s.add_argument("--out", required=True, help="folder for <category>.yaml, selection.parquet, candidates.parquet")
     s.add_argument("--k", type=int, default=3, help="candidates per category (default 3)")
+    s.add_argument("--no-baseline", action="store_true",
+                   help="leave the sweep's baseline trial (the default config) out of the candidates")
     s.add_argument("--categories", help="comma-separated (default: every category in the results)")
 
     i = sub.add_parser("importance", help="parameter importance per category (fANOVA, PED-ANOVA)")
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "select":
             from analysis.selection import select, summary, write_selection
 
-            selection = select(results, k=args.k, categories=_categories(args.categories))
+            selection = select(results, k=args.k, categories=_categories(args.categories), baseline=not args.no_baseline)
             written = write_selection(selection, args.out)
             print(summary(selection))
             print("\nwrote " + ", ".join(str(p) for p in written))

@@ -26,12 +26,16 @@ def load_references(path: str | Path = REFERENCES) -> pd.DataFrame:
 
 def comparison(selection_table: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
     """One row per (category, method): the chosen config (its confirmation seeds' mean test figures when
-    confirmed, else the sweep trial's own), then every reference of that category."""
+    confirmed, else the sweep trial's own), the sweep's baseline trial (the default config at the sweep's
+    budget) when it was confirmed, then every reference of that category."""
     rows = []
-    for _, r in selection_table[selection_table["chosen"]].iterrows():
+    baseline = selection_table["baseline"] if "baseline" in selection_table else False
+    shown = selection_table[selection_table["chosen"] | (baseline & (selection_table["n_seeds"] > 0))]
+    for _, r in shown.iterrows():
         seeds = r["confirmed"] and r["n_seeds"] > 0
         src = "seeds_{}_mean" if seeds else "sweep_{}"
-        rows.append({"category": r["category"], "method": f"ssnf chosen ({'confirmed' if seeds else 'provisional'})",
+        what = "chosen" if r["chosen"] else "default config, the sweep's budget"
+        rows.append({"category": r["category"], "method": f"ssnf {what} ({'confirmed' if seeds else 'provisional'})",
                      **{m: r[src.format(f"test_{m}")] for m in ("image_auroc", "pixel_auroc", "aupro")},
                      "setup": f"{r['space']} space, {r['image_size']} px, {r['epochs']} epochs, trial {r['trial_id']}"
                               + (f", mean of {r['n_seeds']} new seeds" if seeds else ", one seed"),
