@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="instead of a search: re-train every candidate of this Parquet (`python -m analysis select "
                         "... --out DIR` writes DIR/candidates.parquet) with --seeds new seeds, full budget")
     p.add_argument("--seeds", type=int, default=3, help="--confirm: new seeds per candidate (default 3)")
+    p.add_argument("--trial-memory", type=float, default=0.0, metavar="GIB",
+                   help="memory a trial may allocate; a trial that needs more ends as an error and the sweep goes on "
+                        "(default 0: 60 %% of its node's memory over --max-concurrent)")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not run the space's baseline (ssnf's default config) as the first trial")
     p.add_argument("--no-shared-features", action="store_true",
@@ -104,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=name, resume=args.resume, address=args.address, seed=args.seed, searcher=args.searcher,
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
             shared_storage=args.shared_storage, trial_niceness=args.trial_niceness, confirm=args.confirm,
-            seeds=args.seeds, baseline=not args.no_baseline,
+            seeds=args.seeds, baseline=not args.no_baseline, trial_memory=args.trial_memory,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:

@@ -150,6 +150,43 @@ def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ra
     base = [s for s in stats if s["image_size"] == 64 and s["strides"] == [8, 16]]
     assert base and (trials[trials["features_id"] == base[0]["features_id"]]["data_prepare_s"] < 0.5).all()
 
+    # confirming candidates of two settings: each is re-trained on its own extractor setting's features
+    two = trials.drop_duplicates("features_id").head(2)
+    two.to_parquet(tmp_path / "candidates.parquet")
+    confirm = SweepOptions(data_root=str(demo_root), categories=["weave"], storage=str(tmp_path / "store"),
+                           name="ext-confirm", confirm=str(tmp_path / "candidates.parquet"), seeds=1, verbose=0)
+    run_sweep(confirm, {})
+    rows = pd.read_parquet(tmp_path / "store" / "ext-confirm" / "results" / "trials")
+    assert len(rows) == 2
+    want = dict(zip(two["trial_id"], two["features_id"]))
+    assert {r["confirms"]: r["features_id"] for _, r in rows.iterrows()} == want
+
+
+def huge_first(trial) -> dict:
+    """Module-level space: trial 0 builds a flow far too large for the trial's memory share."""
+    trial.suggest_categorical("model.clamp", [1.5, 2.0])
+    derived = {"model.blocks": "conv", "model.heads": 2, "model.hidden": 8, "model.couplings": 1}
+    if trial.number == 0:
+        derived.update({"model.hidden": 4096, "model.couplings": 8, "model.blocks": "conv,conv,conv"})
+    return derived
+
+
+def test_a_trial_too_large_for_its_memory_share_fails_alone(demo_root, ray_session, tmp_path):
+    """A config that needs more memory than its share ends as an error naming it; the other trials and the
+    sweep go on (without the limit, Ray's memory monitor killed the trial and Ray Tune ended the sweep)."""
+    options = SweepOptions(
+        data_root=str(demo_root), categories=["washer"], space="h", num_samples=3, max_epochs=1, max_concurrent=1,
+        storage=str(tmp_path / "store"), name="mem", scheduler="none", trial_memory=4.0,
+        base=merge(to_dict(SSNFConfig()), BASE_SETS), verbose=0,
+    )
+    run_sweep(options, {"h": huge_first})
+    trials = pd.read_parquet(tmp_path / "store" / "mem" / "results" / "trials")
+    assert len(trials) == 3
+    huge = trials[trials["config.model.hidden"] == 4096]
+    assert list(huge["status"]) == ["error"] and "out of memory" in huge["failure"].iloc[0]
+    assert "4.0 GiB" in huge["failure"].iloc[0]
+    assert set(trials[trials["config.model.hidden"] == 8]["status"]) == {"completed"}
+
 
 def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_path):
     """The loop a user runs: sweep -> provisional pick -> confirmation over new seeds -> confirmed pick ->

@@ -65,6 +65,8 @@ class ParquetResults(Callback):
             status, failure = "error", error
         elif last.get("diverged"):
             status, failure = "diverged", str(last.get("failure"))
+        elif last.get("out_of_memory"):
+            status, failure = "error", str(last.get("failure"))
         elif len(history) < cfg.train.epochs:
             status, failure = "stopped", None
         else:

@@ -82,6 +82,7 @@ class SweepOptions:
     baseline: bool = True  # the space's ``baseline`` point (ssnf's default config), where it has one, is trial 0
     shared_storage: bool = False  # a local ``storage`` path is mounted at the same place on every node
     trial_niceness: int = 0  # CPU priority of the trials' processes (0: as any other job; Ray's default 15)
+    trial_memory: float = 0.0  # GiB a trial's process may allocate (0: 60 % of its node's memory / concurrent trials)
     confirm: str | None = None  # a candidates Parquet (analysis select): re-train each with new seeds instead
     seeds: int = 3  # confirmation: new seeds per candidate
     verbose: int = 1
@@ -114,6 +115,8 @@ def check_run_options(options: SweepOptions) -> None:
             raise SSNFError(f"--{name}={value} must be at least 1")
     if not 0 <= options.trial_niceness <= 19:
         raise SSNFError(f"--trial-niceness={options.trial_niceness} must be between 0 and 19")
+    if options.trial_memory < 0:
+        raise SSNFError(f"--trial-memory={options.trial_memory} must be 0 (automatic) or a size in GiB")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
 
@@ -465,6 +468,7 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
         confirming = confirmation.confirming if confirmation else None
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, store=store, private_cache=not options.share_features,
+                                 memory_gib=options.trial_memory, slots=options.max_concurrent,
                                  confirming=confirming),
             resources)
         path = f"{uri}/{category}"

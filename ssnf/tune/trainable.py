@@ -6,6 +6,12 @@ from the last epoch. A trial that trains the full budget also reports its test m
 epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged``, the reason
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 
+Memory: each trial's process may hold at most its share of the node's memory (``memory_budget``: a data
+segment limit, ``RLIMIT_DATA``). A config too large for it (a wide, deep flow at a large image size) fails
+its first allocation beyond the share: the trial reports ``out_of_memory`` and ends as an error with the
+reason, and the sweep goes on. Without the limit the node ran out of memory, Ray's memory monitor killed the
+trial and Ray Tune (2.60) ended the whole sweep on that kill ("Caught unexpected exception").
+
 The prepared data (features, validation set, decoded test split, the frozen extractor with its weights)
 of the trial's extractor setting come from the category's ``FeatureStore`` through Ray's object store
 (``ssnf.tune.shared``): a trial on any node of a cluster needs neither the dataset nor the weights cache,
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -44,11 +51,33 @@ def placement() -> dict:
             "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "niceness": os.nice(0)}
 
 
+MEMORY_SHARE = 0.6  # of a node's memory, split between the trials that can run on it at once
+
+
+def memory_budget(memory_gib: float, slots: int) -> int:
+    """Bytes a trial's process may allocate: ``memory_gib`` when set, else ``MEMORY_SHARE`` of this node's
+    memory over ``slots`` (the trials that run on it at once)."""
+    if memory_gib > 0:
+        return int(memory_gib * 2**30)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(MEMORY_SHARE * total / max(1, slots))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
-              confirming: dict | None = None) -> None:
-    """One trial; ``store``: the category's ``FeatureStore`` actor (None: the trial prepares its own data)."""
+              confirming: dict | None = None, memory_gib: float = 0.0, slots: int = 1) -> None:
+    """One trial; ``store``: the category's ``FeatureStore`` actor (None: the trial prepares its own data);
+    ``memory_gib``/``slots``: its memory budget (``memory_budget``)."""
     cfg = trial_config(base, config, confirming)
     where = placement()
+    # the trials that can run at once on this node: the sweep's concurrency, at most the node's CPUs' worth
+    budget = memory_budget(memory_gib, min(slots, max(1, (os.cpu_count() or 1) // max(1, cfg.train.threads))))
+    saved_limit = resource.getrlimit(resource.RLIMIT_DATA)
+    hard = saved_limit[1]
+    resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
     data: PreparedData | None = None
     if store is not None:
         t = time.perf_counter()
@@ -100,7 +129,15 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
         # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
         tune.report({"diverged": 1.0, "failure": str(exc), "val_score": float("nan"), **where})
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)  # room to report
+        reason = (f"out of memory: the trial needs more than its {budget / 2**30:.1f} GiB share of the node "
+                  f"(--trial-memory; {str(exc).splitlines()[0][:160]})")
+        tune.report({"out_of_memory": 1.0, "failure": reason, "val_score": float("nan"), **where})
     finally:
+        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
         if private_cache:  # Ray reuses worker processes: leave the environment as it was
             if saved_env is None:
                 os.environ.pop(FEATURES_ENV, None)
