@@ -503,10 +503,12 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                     callbacks=[callback],
                 ),
             )
-        tuner.fit()
-        if store is not None:
-            write_feature_stats(uri, category, ray.get(store.stats.remote()), options.verbose)
-            ray.kill(store)  # its feature sets leave the object store before the next category's
+        try:
+            tuner.fit()
+        finally:  # also after Ctrl-C: what the feature sets cost so far
+            if store is not None:
+                write_feature_stats(uri, category, ray.get(store.stats.remote()), options.verbose)
+                ray.kill(store)  # its feature sets leave the object store before the next category's
         expected = confirmation.runs if confirmation else options.num_samples
         ended = read_trials(uri)
         ended = ended[ended["category"] == category]["trial_id"].nunique() if len(ended) else 0
@@ -534,8 +536,13 @@ def write_feature_stats(uri: str, category: str, stats: list[dict], verbose: int
         with fs.open_input_stream(path) as f:
             previous = json.loads(f.read().decode())
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(previous + [{**s, "written_at": now} for s in stats], indent=1).encode())
+    text = json.dumps(previous + [{**s, "written_at": now} for s in stats], indent=1)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(text)
+    else:  # an object store publishes the object once its upload completes
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode())
     if verbose:
         print(f"feature sets of {category} (shared through the object store; {path}):")
         for s in stats:
