@@ -162,6 +162,23 @@ def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ra
     assert {r["confirms"]: r["features_id"] for _, r in rows.iterrows()} == want
 
 
+def unknown_backbone(trial) -> dict:
+    """Module-level space offering a backbone timm does not know (and one it does)."""
+    trial.suggest_categorical("backbone.name", ["mobilenetv2_100", "mobilenetv9_100"])
+    return {"model.blocks": "conv", "model.heads": 2}
+
+
+def test_every_backbone_a_space_offers_is_checked_before_anything_runs(demo_root, tmp_path):
+    from ssnf.errors import BackboneError
+
+    options = SweepOptions(data_root=str(demo_root), categories=["washer"], space="b", num_samples=2, max_epochs=1,
+                           storage=str(tmp_path / "store"), name="bb", base=merge(to_dict(SSNFConfig()), BASE_SETS),
+                           verbose=0)
+    with pytest.raises(BackboneError, match="unknown backbone 'mobilenetv9_100'"):
+        run_sweep(options, {"b": unknown_backbone})
+    assert not (tmp_path / "store").exists()
+
+
 def huge_first(trial) -> dict:
     """Module-level space: trial 0 builds a flow far too large for the trial's memory share."""
     trial.suggest_categorical("model.clamp", [1.5, 2.0])
