@@ -4,6 +4,10 @@ confirmation run -> select (confirmed) -> importance -> honest -> every notebook
 
     python bench/analysis.py --name demo                       # the demo data (generated), demo sweep
     python bench/analysis.py --name tire --data-root ../shared/data --categories tire --num-samples 24 --max-epochs 6
+    # issue 20: sweeps that ran already (tune_main.py ... --name paper-tire, paper-magnetic_tile), then the rest,
+    # and validation's spread under both reference recipes (bench/validation_spread.py)
+    python bench/analysis.py --name paper --sweeps paper-tire,paper-magnetic_tile --storage /work/sweeps \
+        --data-root ../shared/data --k 2 --seeds 2 --spread --out bench/results/issue20
 
 Everything goes to ``--storage`` (default /tmp/ssnf-bench-analysis); the printed tables and a JSON of the
 timings to ``--out`` (default bench/results/issue19/<name>), with the notebooks' PNGs and the Parquet
@@ -44,6 +48,10 @@ def main() -> int:
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--space")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the sweep's base config")
+    p.add_argument("--sweeps", help="comma-separated experiments in --storage that ran already: no sweep step")
+    p.add_argument("--spread", action="store_true", help="also bench/validation_spread.py on every sweep")
     p.add_argument("--storage", default="/tmp/ssnf-bench-analysis")
     p.add_argument("--out")
     args = p.parse_args()
@@ -53,26 +61,35 @@ def main() -> int:
     log.write_text("")
     py = sys.executable
     storage = str(Path(args.storage).resolve())
-    sweep, confirm = f"{storage}/{args.name}", f"{storage}/{args.name}-confirm"
-    for folder in (sweep, confirm):
-        shutil.rmtree(folder, ignore_errors=True)
+    names = args.sweeps.split(",") if args.sweeps else [args.name]
+    sweeps, confirm = [f"{storage}/{n}" for n in names], f"{storage}/{args.name}-confirm"
+    shutil.rmtree(confirm, ignore_errors=True)
     timings: dict = {}
-    cmd = [py, "tune_main.py", "--name", args.name, "--storage", storage]
-    for flag, value in (("--data-root", args.data_root), ("--categories", args.categories),
-                        ("--num-samples", args.num_samples), ("--max-epochs", args.max_epochs)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    step("sweep", cmd, log, timings)
+    if not args.sweeps:
+        shutil.rmtree(sweeps[0], ignore_errors=True)
+        cmd = [py, "tune_main.py", "--name", args.name, "--storage", storage]
+        for flag, value in (("--data-root", args.data_root), ("--categories", args.categories),
+                            ("--num-samples", args.num_samples), ("--max-epochs", args.max_epochs),
+                            ("--space", args.space)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        for kv in args.set:
+            cmd += ["--set", kv]
+        step("sweep", cmd, log, timings)
     best = out / "best"
-    print(step("select_provisional", [py, "-m", "analysis", "select", sweep, "--out", str(best), "--k", str(args.k)], log, timings))
+    print(step("select_provisional", [py, "-m", "analysis", "select", *sweeps, "--out", str(best), "--k", str(args.k)], log, timings))
     step("confirm", [py, "tune_main.py", "--confirm", str(best / "candidates.parquet"), "--seeds", str(args.seeds),
                      "--name", f"{args.name}-confirm", "--storage", storage]
          + (["--data-root", args.data_root] if args.data_root else []), log, timings)
-    print(step("select_confirmed", [py, "-m", "analysis", "select", sweep, confirm, "--out", str(best), "--k", str(args.k)], log, timings))
-    print(step("importance", [py, "-m", "analysis", "importance", sweep, "--out", str(out / "importance.csv")], log, timings))
-    print(step("honest", [py, "-m", "analysis", "honest", sweep], log, timings))
-    print(step("notebooks", [py, "-m", "analysis", "notebooks", sweep, confirm, "--out", str(out / "reports")], log, timings))
-    for src, name in ((sweep, args.name), (confirm, f"{args.name}-confirm")):
+    print(step("select_confirmed", [py, "-m", "analysis", "select", *sweeps, confirm, "--out", str(best), "--k", str(args.k)], log, timings))
+    print(step("importance", [py, "-m", "analysis", "importance", *sweeps, "--out", str(out / "importance.csv")], log, timings))
+    print(step("honest", [py, "-m", "analysis", "honest", *sweeps], log, timings))
+    print(step("notebooks", [py, "-m", "analysis", "notebooks", *sweeps, confirm, "--out", str(out / "reports")], log, timings))
+    if args.spread:
+        for src, name in zip(sweeps, names):
+            print(step(f"spread_{name}", [py, "bench/validation_spread.py", src, "--out",
+                                          str(out / f"validation_spread-{name}.json")], log, timings))
+    for src, name in [*zip(sweeps, names), (confirm, f"{args.name}-confirm")]:
         for part in ("results", "optuna"):
             if Path(src, part).exists():
                 shutil.copytree(Path(src, part), out / "experiments" / name / part, dirs_exist_ok=True)
