@@ -6,8 +6,8 @@ from the last epoch. A trial that trains the full budget also reports its test m
 epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged``, the reason
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 
-Memory: each trial's process may hold at most its share of the node's memory (``memory_budget``: a data
-segment limit, ``RLIMIT_DATA``). A config too large for it (a wide, deep flow at a large image size) fails
+Memory: each CPU trial's process may hold at most its share of the node's memory (``memory_budget``: a data
+segment limit, ``RLIMIT_DATA``; GPU trials are left unlimited: CUDA maps large private regions of its own). A config too large for it (a wide, deep flow at a large image size) fails
 its first allocation beyond the share: the trial reports ``out_of_memory`` and ends as an error with the
 reason, and the sweep goes on. Without the limit the node ran out of memory, Ray's memory monitor killed the
 trial and Ray Tune (2.60) ended the whole sweep on that kill ("Caught unexpected exception").
@@ -77,7 +77,8 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
     budget = memory_budget(memory_gib, min(slots, max(1, (os.cpu_count() or 1) // max(1, cfg.train.threads))))
     saved_limit = resource.getrlimit(resource.RLIMIT_DATA)
     hard = saved_limit[1]
-    resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
+    if cfg.train.device == "cpu":  # a GPU trial's memory is the GPU's; CUDA's own mappings must not meet the limit
+        resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
     data: PreparedData | None = None
     if store is not None:
         t = time.perf_counter()
