@@ -116,8 +116,11 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
         ids = list(zip(group["experiment"], group["trial_id"]))
         mine = [i for i in ids if i in confirmed]
         # a category with confirmation runs: its candidates are the trials confirmed (whatever k is now)
-        top = group[group["rank"] >= 1].head(k) if not mine else group[[i in mine for i in ids]]
-        picked.append(pd.concat([top, group[group["baseline"] & ~group.index.isin(top.index)]]) if not mine else top)
+        if mine:
+            picked.append(group[[i in mine for i in ids]])
+        else:  # the top k full-budget trials, and the baseline wherever it stands
+            top = group[group["rank"] >= 1].head(k)
+            picked.append(pd.concat([top, group[group["baseline"] & ~group.index.isin(top.index)]]))
     cands = pd.concat(picked, ignore_index=True)
     rows = []
     for _, c in cands.iterrows():
