@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 LAYOUTS = ("auto", "mvtec", "btad", "dagm", "folder")
 PRECISIONS = ("fp32", "bf16")
-REFERENCES = ("standard", "graded")  # = ssnf.synthesis.reference.RECIPES (config imports nothing of ssnf's)
+REFERENCES = ("standard", "graded")  # the validation recipes of ssnf/synthesis/reference.py (reference_anomaly)
 
 
 @dataclass
