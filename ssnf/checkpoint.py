@@ -1,7 +1,8 @@
 """Saving and loading a trained detector: one file, safe to load (``weights_only``), self-contained.
 
 The file holds the resolved config (nested plain values), the flows, the frozen backbone's weights
-(so loading needs neither the weight cache nor a hub), the scoring chosen on validation, and, for resuming, the optimizer state, the
+(so loading needs neither the weight cache nor a hub), the scoring chosen on validation, the thresholds set on
+validation normals after the last epoch (``ssnf.threshold``), and, for resuming, the optimizer state, the
 epoch and the history.
 
 A *slim* checkpoint (``backbone=False``: a sweep's per-epoch trial checkpoints) keeps only the backbone's
@@ -24,6 +25,7 @@ from ssnf.errors import SSNFError
 from ssnf.features import extractor_fingerprint
 from ssnf.files import atomic_path
 from ssnf.model.detector import SSNFModel
+from ssnf.threshold import Threshold
 
 FORMAT = "ssnf-checkpoint/1"
 
@@ -55,6 +57,7 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
         "scoring": to_dict(model.scoring) if model.scoring is not None else None,
+        "threshold": model.threshold.to_dict() if model.threshold is not None else None,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -73,6 +76,26 @@ def _migrate(config: dict) -> dict:
 LOSS_BEFORE = {"gate": "none", "anchor": "none"}  # loss keys older checkpoints lack, as those versions behaved
 
 
+def _checked(payload: Any, path: Path) -> dict:
+    """``payload`` if it is a checkpoint of the format this ssnf reads; one line saying what it is otherwise."""
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("ssnf-checkpoint/") and fmt != FORMAT:
+        raise SSNFError(f"checkpoint {path} has format {fmt}, this ssnf reads {FORMAT}: use the ssnf that wrote it")
+    if fmt != FORMAT:
+        raise SSNFError(f"{path} is not an ssnf checkpoint ({FORMAT})")
+    return payload
+
+
+def set_threshold(path: Path, threshold: Threshold) -> Path:
+    """Write ``threshold`` into the checkpoint at ``path`` (``ssnf calibrate``), everything else as it was."""
+    path = Path(path)
+    payload = _checked(torch.load(path, map_location="cpu", weights_only=True), path)
+    payload["threshold"] = threshold.to_dict()
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: FeatureExtractor | None = None) -> Checkpoint:
     """The checkpoint at ``path``. ``extractor``: the frozen backbone to use (a slim checkpoint's, checked
     against its fingerprint); default: the one stored in the file, else rebuilt from the config."""
@@ -83,9 +106,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
         raise SSNFError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise SSNFError(f"{path} is not an ssnf checkpoint ({FORMAT})")
-    cfg = from_dict(SSNFConfig, _migrate(payload["config"]))
+    payload = _checked(payload, path)
+    try:
+        cfg = from_dict(SSNFConfig, _migrate(payload["config"]))
+    except SSNFError as exc:
+        raise SSNFError(f"checkpoint {path} was written by another ssnf version: {exc}") from None
     if extractor is None and payload["extractor"] is not None:
         extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
         extractor.body.load_state_dict(payload["extractor"], strict=True)
@@ -100,6 +125,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
     model.flows.load_state_dict(payload["flows"], strict=True)
     if payload.get("scoring") is not None:
         model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")
+    if payload.get("threshold") is not None:
+        model.threshold = Threshold.from_dict(payload["threshold"])
     model.to(device)
     return Checkpoint(model, cfg, int(payload["epoch"]), list(payload["history"]), payload["optimizer"],
                       dict(payload.get("extra") or {}))

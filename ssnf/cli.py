@@ -6,8 +6,12 @@
     ssnf data summary --data-root R --category C   read and check a dataset, print its splits
     ssnf train --data-root R --category C [--config F] [--set key=value ...] [--out DIR]
     ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N] [--set scoring.KEY=VALUE]
+    ssnf predict (--checkpoint FILE | --models DIR --category C) INPUT... --out DIR [--fpr F] [--device D]
+    ssnf export --checkpoint FILE --format onnx|torchscript --out FILE
+    ssnf calibrate --checkpoint FILE [--fpr F] [--pixel-fpr F] [--threshold-method M]
 
-User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2.
+User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2; ``ssnf predict`` exits 1 when
+some inputs could not be read (they are rows of its table, with their error).
 """
 
 from __future__ import annotations
@@ -143,12 +147,16 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_test and result.splits.test:
         payload["test"] = evaluate(result.model, cfg, result.splits.test, next(result.model.parameters()).device,
                                    progress=not args.quiet).metrics
+    if result.model.threshold is not None:
+        payload["threshold"] = result.model.threshold.to_dict()
     _write_json(out / "metrics.json", payload)
     print("validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
     if scoring is not None:
         print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "
               f"{scoring['image_score']} of the {image_map_kind(result.model.scoring)} map")
+    if result.model.threshold is not None:
+        print(result.model.threshold.describe())
     if "test" in payload:
         print("test (reported, never used to choose): " + ", ".join(
             f"{k} {v:.4f}" for k, v in payload["test"].items() if "/" not in k))
@@ -188,6 +196,114 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{key:<28} {value:.4f}")
     print(f"wrote {out / 'metrics.json'}" + (f" and {len(overlays)} overlays in {out / 'overlays'}" if overlays else ""))
     return 0
+
+
+def model_file(args: argparse.Namespace) -> Path:
+    """``--checkpoint FILE``, or ``--models DIR --category C``: ``DIR/C/checkpoint.pt``, else the one file
+    ``ssnf export`` wrote there (``model.onnx``, ``model.torchscript``)."""
+    if args.checkpoint:
+        if args.models or args.category:
+            raise SSNFError("give --checkpoint, or --models with --category, not both")
+        return Path(args.checkpoint)
+    if not (args.models and args.category):
+        raise SSNFError("which model? give --checkpoint FILE, or --models DIR --category C")
+    folder = Path(args.models) / args.category
+    for name in MODEL_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    known = sorted(p.name for p in Path(args.models).iterdir() if p.is_dir()) if Path(args.models).is_dir() else []
+    raise SSNFError(f"no model for category {args.category!r} in {args.models} (looked for {', '.join(MODEL_FILES)} in "
+                    f"{folder}; categories there: {', '.join(known) or 'none'})")
+
+
+MODEL_FILES = ("checkpoint.pt", "model.onnx", "model.torchscript")
+
+
+def _detector(args: argparse.Namespace):
+    from ssnf.inference import Detector
+    from ssnf.training import resolve_device
+
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    detector = Detector.load(model_file(args), device, batch_size=args.batch_size, threads=args.threads)
+    return detector.with_threshold(args.fpr, args.pixel_fpr, args.threshold_method)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ssnf.predict import Outputs, check_out, collect_inputs, predict_files
+
+    check_out(Path(args.out), args.overwrite)  # before the model loads: a refused folder costs nothing
+    inputs = collect_inputs(args.inputs)
+    detector = _detector(args)
+    if detector.threshold is None:
+        print(f"note: {detector.source} has no threshold (trained before thresholds were kept): scores and maps "
+              "only; ssnf calibrate --checkpoint ... sets one", file=sys.stderr)
+    else:
+        print(detector.threshold.describe())
+    outputs = Outputs(maps=args.maps, overlays=not args.no_overlays, masks=not args.no_masks)
+    run = predict_files(detector, inputs, Path(args.out), outputs, progress=not args.quiet, overwrite=args.overwrite)
+    ok, failed, skipped = run.count("ok"), run.count("failed"), run.count("skipped")
+    verdicts = f"{run.anomalous} anomalous, {ok - run.anomalous} normal" if detector.threshold is not None else "no verdicts"
+    print(f"{ok} images scored ({verdicts}), {failed} failed, {skipped} skipped (not images) in {run.wall_s:.1f} s; "
+          f"wrote {Path(args.out) / 'predictions.parquet'} (and .csv, run.json)")
+    for row in [r for r in run.rows if r["status"] == "failed"][:5]:
+        print(f"  failed: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ssnf.inference import Detector
+
+    detector = Detector.load(Path(args.checkpoint)).with_threshold(args.fpr, args.pixel_fpr, args.threshold_method)
+    out = Path(args.out)
+    detector.export(out, args.format, verify=not args.no_verify)
+    checked = "" if args.no_verify else ", checked against PyTorch on generated images"
+    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB{checked}); input images uint8 "
+          f"[batch, height, width, 3] RGB, outputs scores [batch] and maps [batch, {detector.size}, {detector.size}]")
+    if detector.threshold is not None:
+        print(detector.threshold.describe())
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ssnf.checkpoint import set_threshold
+    from ssnf.config import ThresholdConfig
+    from ssnf.data.layouts import load_index
+    from ssnf.data.splits import make_splits
+    from ssnf.features import load_images
+    from ssnf.inference import Detector
+    from ssnf.prepared import build_validation
+
+    path = Path(args.checkpoint)
+    detector = Detector.load(path)
+    cfg = detector.cfg
+    data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root)
+    splits = make_splits(load_index(data), data)
+    if not splits.val:
+        raise SSNFError(f"no validation images for {data.category}: thresholds come from validation normals")
+    validation = build_validation(detector.model.extractor, load_images(splits.val, data.image_size), data.seed,
+                                  detector.device, data.reference)
+    base = cfg.threshold
+    wanted = ThresholdConfig(fpr=args.fpr or base.fpr, pixel_fpr=args.pixel_fpr or base.pixel_fpr,
+                             method=args.threshold_method or base.method)
+    set_threshold(path, detector.calibrate(validation, wanted))
+    print(detector.threshold.describe())
+    print(f"wrote the threshold into {path}")
+    return 0
+
+
+def _threshold_flags(parser: argparse.ArgumentParser) -> None:
+    from ssnf.config import THRESHOLD_METHODS
+
+    parser.add_argument("--fpr", type=float, help="image false-positive rate on normals (default: the model's, 0.01)")
+    parser.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate for the masks (default: the model's)")
+    parser.add_argument("--threshold-method", choices=THRESHOLD_METHODS,
+                        help="how the image quantile is estimated (default: the model's, auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score differently than chosen on validation, e.g. scoring.map=density")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="score image files, folders or globs; maps, overlays, masks, one table")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    pr.add_argument("--checkpoint", help="a checkpoint, or a file ssnf export wrote (ONNX, TorchScript)")
+    pr.add_argument("--models", help="a folder with one model folder per category (ssnf train --out DIR/C)")
+    pr.add_argument("--category", help="with --models: which category's model")
+    pr.add_argument("--out", required=True, help="output folder (refused if it holds another run's table)")
+    pr.add_argument("--overwrite", action="store_true", help="write over another run's table in --out")
+    _threshold_flags(pr)
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's / onnxruntime's default)")
+    pr.add_argument("--maps", default="png16", choices=["png16", "npy", "none"],
+                    help="anomaly maps as 16-bit PNG (range in the table), float32 .npy, or none")
+    pr.add_argument("--no-overlays", action="store_true")
+    pr.add_argument("--no-masks", action="store_true")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_predict)
+
+    ex = sub.add_parser("export", help="the whole inference path in one ONNX or TorchScript file")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    ex.add_argument("--out", required=True, help="the file to write (e.g. models/tire/model.onnx)")
+    ex.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
+    _threshold_flags(ex)
+    ex.set_defaults(func=_export)
+
+    ca = sub.add_parser("calibrate", help="set a checkpoint's thresholds from its validation normals")
+    ca.add_argument("--checkpoint", required=True)
+    ca.add_argument("--data-root", help="where the dataset is now, if it moved")
+    _threshold_flags(ca)
+    ca.set_defaults(func=_calibrate)
     return parser
 
 

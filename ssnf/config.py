@@ -205,6 +205,32 @@ class ScoringConfig:
         return AUTO not in (self.map, self.image_map, self.image_score)
 
 
+THRESHOLD_METHODS = ("auto", "empirical", "gumbel", "normal", "f1")
+
+
+@dataclass
+class ThresholdConfig:
+    """The decision thresholds set after training from validation normals only (``ssnf.threshold``).
+
+    ``fpr``: the share of normal images the image threshold may flag; ``pixel_fpr``: the share of normal pixels
+    the masks may mark. ``method``: how the image quantile is estimated from a few dozen normals (``auto``:
+    the empirical quantile when at least 10 normals lie beyond it, else a fitted Gumbel tail); ``f1``: F1-max
+    on the validation reference anomalies instead (synthetic defects; off by default). ``ssnf predict --fpr``
+    re-reads both from the normals kept in the checkpoint."""
+
+    fpr: float = 0.01
+    pixel_fpr: float = 0.01
+    method: str = "auto"  # auto | empirical | gumbel | normal | f1
+
+    def validate(self) -> None:
+        for key in ("fpr", "pixel_fpr"):
+            value = getattr(self, key)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"threshold.{key}={value} must lie in (0, 0.5)")
+        if self.method not in THRESHOLD_METHODS:
+            raise ConfigError(f"threshold.method={self.method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
+
+
 @dataclass
 class TrainConfig:
     """The training loop."""
@@ -297,6 +323,7 @@ class SSNFConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:

@@ -21,6 +21,7 @@ from ssnf.errors import DataError
 from ssnf.metrics import compute_metrics, image_auroc
 from ssnf.inference import Detector
 from ssnf.model.detector import SSNFModel
+from ssnf.threshold import Threshold, rates
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Evaluation:
     has_masks: bool
     metrics: dict
     scoring: ScoringConfig | None = None  # the resolved scoring the maps and scores come from
+    threshold: Threshold | None = None  # the model's thresholds (set on validation normals), if it has them
 
 
 @torch.no_grad()
@@ -66,6 +68,13 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     pixel = (result.masks, result.maps) if result.has_masks else (None, None)
     result.metrics = compute_metrics(labels, result.scores, *pixel)
     result.scoring = detector.scoring
+    result.threshold = detector.threshold
+    if detector.threshold is not None:  # how the threshold set on validation normals does here (reported only)
+        at = rates(result.scores, labels, detector.threshold.image)
+        result.metrics["threshold_fpr"], result.metrics["threshold_fnr"] = at["fpr"], at["fnr"]
+        if result.has_masks:
+            pixel = rates(result.maps.ravel(), result.masks.ravel().astype(int), detector.threshold.pixel)
+            result.metrics["pixel_threshold_fpr"], result.metrics["pixel_threshold_fnr"] = pixel["fpr"], pixel["fnr"]
     normal = labels == 0
     for defect in sorted({s.defect for s in samples if s.label == ANOMALOUS}):
         chosen = normal | np.array([s.defect == defect for s in samples])

@@ -1,41 +1,90 @@
-"""The one inference path: a trained detector behind one object, images in, anomaly maps and scores out.
+"""The one inference path: a trained detector behind one object, images in, scores, maps and verdicts out.
 
-``Detector`` owns everything between an image and its score, so that no caller can resize, normalise or
-score differently: images of any size are resized the way the training images were (``ssnf.data.dataset``),
-the backbone normalises them, the flows run in the precision the model was trained in (``train.precision``)
-and the scoring is the config's, with its ``auto`` settings taken from the choice made on validation.
-``evaluate``, the sweep's test pass and the benchmarks all call it.
+``InferencePath`` is the whole path as one module: RGB ``uint8`` images ``[B, H, W, 3]`` of any size are
+resized to the model's size (bilinear, antialiased, as the training images were), scaled to [0, 1],
+normalised with the backbone's statistics, through the frozen backbone and the flows, and scored with the
+model's resolved scoring: ``(image scores [B], maps [B, S, S])``. ``ssnf.export`` traces exactly this module.
 
-    detector = Detector.load("runs/tire/checkpoint.pt")
-    prediction = detector.predict_files(["part.png"])    # or detector.predict(uint8 arrays)
-    prediction.scores, prediction.maps                     # [N], [N, S, S]
+``Detector`` owns everything around it, so that no caller can resize, normalise, score or threshold
+differently: grey images become RGB, each image is resized on the host exactly as training resized it (the
+path's own resize is then the identity: it serves callers of an exported file), batches run in the precision
+the model was trained in (``train.precision``), and the threshold set on validation normals
+(``ssnf.threshold``) gives the verdicts and masks. It runs a checkpoint (PyTorch) or an exported file
+(TorchScript, ONNX Runtime) behind the same methods. ``evaluate``, the sweep's test pass, ``ssnf predict``
+and the benchmarks all call it.
+
+    detector = Detector.load("models/tire/checkpoint.pt")   # or model.onnx / model.torchscript
+    prediction = detector.predict(["part.png"])              # paths, or uint8 arrays of any size
+    prediction.scores, prediction.maps, prediction.anomalous  # [N], [N, S, S], [N] bool
+    detector.export("tire.onnx", "onnx")
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ssnf.config import ScoringConfig, SSNFConfig
+from ssnf.config import ScoringConfig, SSNFConfig, ThresholdConfig, from_dict, to_dict
 from ssnf.data.dataset import resize_image
 from ssnf.data.io import open_image
-from ssnf.features import to_tensor
+from ssnf.errors import DataError, SSNFError
 from ssnf.model.detector import SSNFModel
 from ssnf.scoring import resolve, score
+from ssnf.threshold import Threshold, fit_threshold
+
+METADATA_KEY = "ssnf"  # exported files: the JSON of ``Detector.metadata()`` under this key
+EXPORT_FORMAT = "ssnf-export/1"
+
+
+class InferencePath(nn.Module):
+    """``uint8 [B, H, W, 3] -> (scores [B], maps [B, S, S])``: resize, normalise, backbone, flows, scoring."""
+
+    def __init__(self, model: SSNFModel, scoring: ScoringConfig, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.scoring = scoring
+        self.size = int(size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        # the identity at the model's size; otherwise torch's antialiased bilinear (PIL's filter, as in training)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        maps, scores = score(self.model(x), self.scoring, (self.size, self.size))
+        return scores.float(), maps.float()
 
 
 @dataclass
 class Prediction:
     scores: np.ndarray  # [N] image scores (higher: more anomalous)
     maps: np.ndarray  # [N, S, S] float32 anomaly maps at the model's input size
+    threshold: Threshold | None = None  # the detector's, when it has one
+
+    @property
+    def anomalous(self) -> np.ndarray:
+        """``[N]`` bool verdicts: the image score above the image threshold."""
+        return self.scores > self._threshold().image
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``[N, S, S]`` bool: the map above the pixel threshold."""
+        return self.maps > self._threshold().pixel
+
+    def _threshold(self) -> Threshold:
+        if self.threshold is None:
+            raise SSNFError("this model has no threshold: calibrate it (ssnf calibrate --checkpoint ...)")
+        return self.threshold
 
 
 class Detector:
-    """A trained ``SSNFModel`` with its config: ``predict`` on images, ``predict_features`` on features."""
+    """A trained detector: ``predict`` images, ``threshold``, ``export``; from a checkpoint or an exported file."""
 
     def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
                  batch_size: int = 32) -> None:
@@ -44,60 +93,255 @@ class Detector:
         self.model = model.to(self.device).eval()
         self.model.set_precision(cfg.train.precision)
         self.scoring: ScoringConfig = resolve(cfg.scoring, model.scoring)
+        self.path = InferencePath(self.model, self.scoring, cfg.data.image_size)
         self.batch_size = batch_size
+        self.backend = "pytorch"
+        self.source: Path | None = None
+        self._threshold: Threshold | None = model.threshold
+        self._run = self._run_eager
+
+    @property
+    def threshold(self) -> Threshold | None:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Threshold | None) -> None:
+        self._threshold = value
+        if self.model is not None:
+            self.model.threshold = value
+
+    @property
+    def size(self) -> int:
+        return self.cfg.data.image_size
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Detector":
-        """The detector saved in ``checkpoint`` (``ssnf.checkpoint``), on ``device``."""
-        from ssnf.checkpoint import load_checkpoint
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
+             threads: int = 0) -> "Detector":
+        """The detector in ``path``: an ssnf checkpoint, or a file ``export`` wrote (ONNX or TorchScript)."""
+        path = Path(path)
+        if not path.is_file():
+            raise SSNFError(f"model file {path} does not exist")
+        kind = file_kind(path)
+        if kind == "checkpoint":
+            from ssnf.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(Path(checkpoint), device)
-        return cls(ckpt.model, ckpt.config, device, **kwargs)
+            ckpt = load_checkpoint(path, device)
+            detector = cls(ckpt.model, ckpt.config, device, batch_size)
+        else:
+            detector = _exported(path, kind, device, batch_size, threads)
+        detector.source = path
+        return detector
 
     @classmethod
     def build(cls, cfg: SSNFConfig, device: str | torch.device = "cpu", **kwargs) -> "Detector":
         """An untrained detector of ``cfg`` (its flows at their initialisation): for timing and tests."""
         return cls(SSNFModel.build(cfg.backbone, cfg.model, cfg.train.seed), cfg, device, **kwargs)
 
-    @property
-    def size(self) -> int:
-        return self.cfg.data.image_size
+    # -- images in ---------------------------------------------------------------------------------------
 
-    def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """RGB ``uint8`` images ``[H, W, 3]`` of any size -> ``uint8 [N, S, S, 3]`` at the model's size."""
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:3] == (self.size, self.size):
+    def prepare(self, images: np.ndarray | Sequence) -> np.ndarray:
+        """Paths or ``uint8`` images (RGB ``[H, W, 3]``, grey ``[H, W]`` / ``[H, W, 1]``, RGBA) of any size ->
+        ``uint8 [N, S, S, 3]`` at the model's size, resized as the training images were."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:] == (self.size, self.size, 3) \
+                and images.dtype == np.uint8:
             return images
-        return np.stack([resize_image(np.asarray(image), self.size) for image in images])
+        if len(images) == 0:
+            return np.zeros((0, self.size, self.size, 3), np.uint8)
+        return np.stack([resize_image(as_rgb(image), self.size) for image in images])
 
-    @torch.no_grad()
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Prediction:
-        """Scores and maps of RGB ``uint8`` images (``[N, H, W, 3]`` or a list of ``[H, W, 3]``)."""
+    def predict(self, images: np.ndarray | Sequence) -> Prediction:
+        """Scores, maps (and, with a threshold, verdicts and masks) of images: paths or arrays (see ``prepare``)."""
         images = self.prepare(images)
-        return self._scored(len(images), lambda start, end: self.model.extractor(to_tensor(images[start:end],
-                                                                                          self.device)))
+        scores, maps = [], []
+        for start in range(0, len(images), self.batch_size):
+            s, m = self._run(images[start:start + self.batch_size])
+            scores.append(s)
+            maps.append(m)
+        return self._joined(scores, maps)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The backend on one prepared batch (``uint8 [B, S, S, 3]``): ``(scores, maps)``; benchmarks time this."""
+        return self._run(batch)
 
     def predict_files(self, paths: Sequence[str | Path]) -> Prediction:
         """Scores and maps of image files (decoded as the training images were)."""
-        return self.predict([np.asarray(open_image(Path(p))) for p in paths])
+        return self.predict([Path(p) for p in paths])
 
     @torch.no_grad()
     def predict_features(self, features: list[torch.Tensor]) -> Prediction:
-        """Scores and maps from backbone features already extracted (per scale ``[N, C, h, w]``)."""
-        return self._scored(len(features[0]), lambda start, end: [f[start:end].to(self.device) for f in features])
-
-    def _scored(self, n: int, batch_features) -> Prediction:
-        """Flows and scoring over ``n`` items, ``batch_features(start, end)`` giving each batch's features."""
-        self.model.eval()
+        """Scores and maps from backbone features already extracted (per scale ``[N, C, h, w]``): PyTorch only."""
+        self._need_model("predict_features")
         scores, maps = [], []
-        for start in range(0, n, self.batch_size):
-            outputs = self.model.flow_features(batch_features(start, min(n, start + self.batch_size)))
-            m, s = score(outputs, self.scoring, (self.size, self.size))
+        size = (self.size, self.size)
+        for start in range(0, len(features[0]), self.batch_size):
+            outputs = self.model.flow_features([f[start:start + self.batch_size].to(self.device) for f in features])
+            m, s = score(outputs, self.scoring, size)
             scores.append(s.float().cpu().numpy())
             maps.append(m.float().cpu().numpy())
-        return _joined(scores, maps, self.size)
+        return self._joined(scores, maps)
+
+    @torch.no_grad()
+    def _run_eager(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.model.eval()
+        scores, maps = self.path(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return scores.cpu().numpy(), maps.cpu().numpy()
+
+    def _joined(self, scores: list[np.ndarray], maps: list[np.ndarray]) -> Prediction:
+        if not scores:
+            return Prediction(np.zeros(0, np.float32), np.zeros((0, self.size, self.size), np.float32), self.threshold)
+        return Prediction(np.concatenate(scores).astype(np.float32, copy=False),
+                          np.concatenate(maps).astype(np.float32, copy=False), self.threshold)
+
+    # -- thresholds --------------------------------------------------------------------------------------
+
+    def calibrate(self, validation, cfg: ThresholdConfig | None = None) -> Threshold:
+        """Set (and return) the thresholds from a ``ValidationSet``: its normals' scores and maps, its reference
+        anomalies' scores (``threshold.method=f1``). Test images never come here."""
+        prediction = self.predict_features(validation.features)
+        normal = np.asarray(validation.labels) == 0
+        self.threshold = fit_threshold(prediction.scores[normal], prediction.scores[~normal],
+                                       prediction.maps[normal], cfg or self.cfg.threshold)
+        return self.threshold
+
+    def with_threshold(self, fpr: float | None = None, pixel_fpr: float | None = None,
+                       method: str | None = None) -> "Detector":
+        """This detector with its threshold re-read at another rate or method (from the normals it rests on)."""
+        if fpr is None and pixel_fpr is None and method is None:
+            return self
+        if self.threshold is None:
+            raise SSNFError(f"{self.source or 'this model'} has no threshold to re-read: calibrate it first "
+                            "(ssnf calibrate --checkpoint ...)")
+        self.threshold = self.threshold.at(fpr, pixel_fpr, method)
+        return self
+
+    # -- out ---------------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        """What an exported file carries: the config, the resolved scoring, the threshold, the input contract."""
+        return {"format": EXPORT_FORMAT, "config": to_dict(self.cfg), "scoring": to_dict(self.scoring),
+                "threshold": self.threshold.to_dict() if self.threshold is not None else None,
+                "input": {"name": "images", "dtype": "uint8", "shape": ["batch", "height", "width", 3],
+                          "colour": "RGB"},
+                "outputs": {"scores": ["batch"], "maps": ["batch", self.size, self.size]}}
+
+    def export(self, path: str | Path, fmt: str, verify: bool = True) -> Path:
+        """Write the whole inference path to ``path`` as ``onnx`` or ``torchscript`` (``ssnf.export``)."""
+        from ssnf.export import export
+
+        self._need_model("export")
+        return export(self, Path(path), fmt, verify)
+
+    def _need_model(self, what: str) -> None:
+        if self.model is None:
+            raise SSNFError(f"{what} needs the PyTorch model: {self.source} is an exported {self.backend} file; "
+                            "use its checkpoint")
 
 
-def _joined(scores: list[np.ndarray], maps: list[np.ndarray], size: int) -> Prediction:
-    if not scores:
-        return Prediction(np.zeros(0, np.float32), np.zeros((0, size, size), np.float32))
-    return Prediction(np.concatenate(scores), np.concatenate(maps).astype(np.float32, copy=False))
+def as_rgb(image) -> np.ndarray:
+    """A path or a ``uint8`` image (RGB, grey ``[H, W]`` or ``[H, W, 1]``, RGBA) -> ``uint8 [H, W, 3]``."""
+    if isinstance(image, (str, Path)):
+        return np.asarray(open_image(Path(image)))
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim == 3 and image.shape[2] == 1:
+            return np.repeat(image, 3, axis=2)
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return np.ascontiguousarray(image[:, :, :3])
+    raise DataError(f"expected a uint8 image [H, W, 3] (RGB), [H, W] (grey) or [H, W, 4] (RGBA), "
+                    f"got {image.dtype} {tuple(image.shape)}")
+
+
+def file_kind(path: Path) -> str:
+    """``checkpoint``, ``onnx`` or ``torchscript``: what ``path`` holds, from its contents."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith(f"extra/{METADATA_KEY}.json") for n in names):
+            return "torchscript"
+        if any("/code/" in n for n in names):
+            raise SSNFError(f"{path} is a TorchScript file that ssnf did not export (no {METADATA_KEY}.json)")
+        return "checkpoint"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX: a protobuf starting with ir_version
+        return "onnx"
+    raise SSNFError(f"{path} is neither an ssnf checkpoint nor a file ssnf exported (ONNX, TorchScript)")
+
+
+class _TorchScriptRunner:
+    def __init__(self, module, device: torch.device) -> None:
+        self.module, self.device = module, device
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        return scores.cpu().numpy(), maps.cpu().numpy()
+
+
+class _OnnxRunner:
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = self.session.run(["scores", "maps"], {"images": np.ascontiguousarray(batch)})
+        return scores, maps
+
+
+def onnx_session(path: Path, device: str | torch.device = "cpu", threads: int = 0):
+    """An ONNX Runtime session on ``device`` (``cuda``: its CUDA provider, refused where it is missing)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SSNFError(f"{path} is an ONNX file: install onnxruntime to run it") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise SSNFError(f"--device cuda: this onnxruntime has no CUDA provider ({', '.join(ort.get_available_providers())})")
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def read_metadata(path: Path, kind: str) -> dict:
+    """The ``Detector.metadata()`` an exported file carries."""
+    if kind == "torchscript":
+        extra = {f"{METADATA_KEY}.json": ""}
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        raw = extra[f"{METADATA_KEY}.json"]
+    else:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        raw = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), "")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise SSNFError(f"{path} carries no ssnf metadata of format {EXPORT_FORMAT}: export it again with this ssnf")
+    return meta
+
+
+def _exported(path: Path, kind: str, device, batch_size: int, threads: int) -> Detector:
+    meta = read_metadata(path, kind)
+    detector = Detector.__new__(Detector)
+    detector.cfg = from_dict(SSNFConfig, meta["config"])
+    detector.scoring = from_dict(ScoringConfig, meta["scoring"], "scoring.")
+    detector.device = torch.device(device)
+    detector.model = None
+    detector.path = None
+    detector.batch_size = batch_size
+    detector.backend = kind
+    detector.source = path
+    detector._threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
+    if kind == "torchscript":
+        module = torch.jit.load(str(path), map_location=detector.device)
+        detector._run = _TorchScriptRunner(module.eval(), detector.device)
+    else:
+        detector._run = _OnnxRunner(onnx_session(path, device, threads))
+    return detector

@@ -101,7 +101,7 @@ def image_scores(maps: torch.Tensor, cfg: ScoringConfig, reducer: str | None = N
         return flat.max(dim=1).values
     if reducer != "topk":
         raise ConfigError(f"scoring.image_score={reducer!r} must be resolved to max or topk before scoring")
-    k = max(1, int(round(cfg.topk * flat.shape[1])))
+    k = max(1, int(round(cfg.topk * int(flat.shape[1]))))  # int(): a constant when traced (the map size is fixed)
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 

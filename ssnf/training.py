@@ -10,7 +10,8 @@ normal training images, the validation set), then runs epochs. A step:
 3. one flow pass over both halves, ``ssnf.loss.ssnf_loss``, backward, clip, Adam.
 
 After each epoch it validates (``ssnf.validation``), reports through ``callback`` and writes a checkpoint
-that ``resume`` continues exactly (per-epoch random streams). Test images are not touched here.
+that ``resume`` continues exactly (per-epoch random streams); after the last, the thresholds are set on the
+validation normals (``Detector.calibrate``, ``ssnf.threshold``). Test images are not touched here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import ConfigError, SSNFError
 from ssnf.features import extract, to_tensor
+from ssnf.inference import Detector
 from ssnf.loss import scheduled_weight, ssnf_loss
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
@@ -252,6 +254,9 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             t = time.perf_counter()
             report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device))
+            if epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from the validation normals
+                threshold = Detector(model, cfg, device).calibrate(data.validation)
+                report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
             report["val_s"] = time.perf_counter() - t
         history.append(report)
         if out_dir is not None:
@@ -276,6 +281,7 @@ def _resume(path: Path, cfg: SSNFConfig, model: SSNFModel, optimizer: torch.opti
         raise SSNFError(f"cannot resume from {path}: it was trained with a different config")
     model.flows.load_state_dict(ckpt.model.flows.state_dict())
     model.scoring = ckpt.model.scoring  # a run resumed after its last epoch trains nothing more
+    model.threshold = ckpt.model.threshold
     if ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)
     return ckpt.history, ckpt.epoch

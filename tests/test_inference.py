@@ -63,9 +63,15 @@ def test_detector_on_files_arrays_and_evaluate_agree(trained, tmp_path):
     assert empty.scores.shape == (0,) and empty.maps.shape == (0, 64, 64)
 
 
-def test_detector_refuses_what_is_not_an_rgb_image(trained):
+def test_detector_takes_grey_and_rgba_and_refuses_what_is_not_an_image(trained):
     detector = Detector.load(trained[1])
-    with pytest.raises(DataError, match=r"expected an RGB uint8 image \[H, W, 3\], got float32 \(20, 30\)"):
+    grey = np.random.default_rng(0).integers(0, 255, (20, 30), dtype=np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full((20, 30, 1), 7, np.uint8)], axis=2)
+    expected = detector.predict([rgb]).scores
+    for image in (grey, grey[:, :, None], rgba):
+        np.testing.assert_array_equal(detector.predict([image]).scores, expected)
+    with pytest.raises(DataError, match=r"expected a uint8 image \[H, W, 3\] \(RGB\).*got float32 \(20, 30\)"):
         detector.predict([np.zeros((20, 30), np.float32)])
 
 

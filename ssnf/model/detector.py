@@ -27,6 +27,8 @@ class SSNFModel(nn.Module):
         # The scoring chosen on validation for the config's ``auto`` settings (``ssnf.scoring.choose``);
         # None until the model is validated.
         self.scoring: ScoringConfig | None = None
+        # The thresholds set on validation normals after training (``ssnf.threshold.Threshold``); None until then.
+        self.threshold = None
         stacks = parse_blocks(cfg.blocks, len(extractor.channels))
         seed_permutations(seed)
         torch.manual_seed(seed)

@@ -1,0 +1,257 @@
+"""``ssnf predict``: a detector over image files, folders and globs, one row per file, maps, overlays, masks.
+
+Per image (all at the image's own size): the anomaly map (``maps/``: a 16-bit PNG whose grey levels span the
+map's own range, kept in the row and in the PNG's ``ssnf_map_range`` text, or ``.npy`` float32), a heatmap
+overlay (``overlays/``: coloured on one scale for the whole model, from the normal pixels' median to twice the
+pixel threshold's distance above it, the mask's outline drawn) and the binary mask (``masks/``: the map above
+the pixel threshold). Output files mirror the inputs' paths below their common folder.
+
+One table for the run, ``predictions.parquet`` and ``predictions.csv`` (``COLUMNS``), written also when a run
+is interrupted (the rows done so far), and ``run.json`` (the model, its threshold and what it rests on, counts).
+A file that cannot be decoded is a row with ``status=failed`` and its error, and the run goes on; a file in a
+folder that is not an image by its extension is a row with ``status=skipped``. An output folder that holds
+another run's table is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image, PngImagePlugin
+from tqdm import tqdm
+
+from ssnf.data.io import IMAGE_EXTENSIONS, open_image
+from ssnf.errors import DataError, SSNFError
+from ssnf.files import atomic_path
+from ssnf.inference import Detector
+
+MAP_FORMATS = ("png16", "npy", "none")
+TABLE = "predictions"
+COLUMNS = ("path", "status", "error", "score", "verdict", "threshold", "fpr", "anomalous_fraction", "height", "width",
+           "map", "map_min", "map_max", "overlay", "mask", "time_ms", "io_ms")
+
+
+@dataclass
+class Inputs:
+    images: list[Path]  # files to score, in order
+    skipped: list[Path] = field(default_factory=list)  # files in the folders that are not images by their extension
+    root: Path = Path(".")  # their common folder: output names are relative to it
+
+
+def is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def collect_inputs(items: Sequence[str | Path]) -> Inputs:
+    """Image files, folders (recursive) and globs -> the files to score, in a stable order, without repeats."""
+    images: dict[Path, None] = {}
+    skipped: dict[Path, None] = {}
+    for item in items:
+        text = str(item)
+        if is_pattern(text):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                raise SSNFError(f"input {text!r} matches no file")
+            paths = [Path(m) for m in matches]
+        else:
+            paths = [Path(text).expanduser()]
+        for path in paths:
+            if path.is_dir():
+                for found in sorted(p for p in path.rglob("*") if p.is_file()):
+                    if any(part.startswith(".") for part in found.relative_to(path).parts):
+                        continue
+                    target = images if found.suffix.lower() in IMAGE_EXTENSIONS else skipped
+                    target[found.resolve()] = None
+            elif path.is_file():
+                images[path.resolve()] = None
+            elif not is_pattern(text):
+                raise SSNFError(f"input {path} does not exist")
+    if not images:
+        raise SSNFError(f"no image files in {', '.join(str(i) for i in items)} "
+                        f"(images: {', '.join(IMAGE_EXTENSIONS)})")
+    everything = list(images) + list(skipped)
+    common = Path(os.path.commonpath([p.parent for p in everything]))
+    return Inputs(list(images), list(skipped), common)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds another run's results (unless ``overwrite``)."""
+    held = [p.name for p in (out / f"{TABLE}.parquet", out / f"{TABLE}.csv", out / "run.json") if p.exists()]
+    if held and not overwrite:
+        raise SSNFError(f"{out} holds another run's results ({', '.join(held)}): choose another --out, "
+                        "or pass --overwrite")
+
+
+def map_png16(path: Path, values: np.ndarray) -> tuple[float, float]:
+    """Write ``values`` as a 16-bit grey PNG spanning their range; that range (also in the PNG's text)."""
+    lo, hi = float(values.min()), float(values.max())
+    scaled = np.round((values - lo) / max(hi - lo, 1e-12) * 65535.0).astype(np.uint16)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("ssnf_map_range", f"{lo!r} {hi!r}")
+    info.add_text("ssnf_map_decode", "value = min + grey / 65535 * (max - min)")
+    Image.fromarray(scaled).save(path, pnginfo=info, compress_level=1)
+    return lo, hi
+
+
+def read_map_png16(path: Path) -> np.ndarray:
+    """A map ``map_png16`` wrote, back in its own units (float32)."""
+    with Image.open(path) as im:
+        lo, hi = (float(v) for v in im.text["ssnf_map_range"].split())
+        grey = np.asarray(im, dtype=np.float64)
+    return (lo + grey / 65535.0 * (hi - lo)).astype(np.float32)
+
+
+def overlay(image: np.ndarray, values: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``image`` with the map coloured (JET) over it on the fixed scale ``[lo, hi]``, the mask's outline in white."""
+    heat = np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    blend = (0.55 * image + 0.45 * colour).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(blend, contours, -1, (255, 255, 255), max(1, min(image.shape[:2]) // 200))
+    return blend
+
+
+@dataclass
+class Outputs:
+    maps: str = "png16"  # png16 | npy | none
+    overlays: bool = True
+    masks: bool = True
+
+
+class Writer:
+    """Per-image files below ``out``, named after the input's path relative to ``root``."""
+
+    def __init__(self, out: Path, root: Path, detector: Detector, outputs: Outputs) -> None:
+        if outputs.maps not in MAP_FORMATS:
+            raise SSNFError(f"--maps {outputs.maps!r} is not one of {', '.join(MAP_FORMATS)}")
+        self.out, self.root, self.outputs = out, root, outputs
+        threshold = detector.threshold
+        self.pixel = threshold.pixel if threshold is not None else None
+        lo = threshold.pixel_median if threshold is not None else None
+        self.scale = (lo, lo + 2 * (self.pixel - lo)) if threshold is not None else None
+
+    def _target(self, kind: str, source: Path, suffix: str) -> Path:
+        rel = source.relative_to(self.root) if source.is_relative_to(self.root) else Path(source.name)
+        path = self.out / kind / rel.with_suffix(suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, source: Path, image: np.ndarray, small_map: np.ndarray, row: dict) -> None:
+        h, w = image.shape[:2]
+        values = cv2.resize(small_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        row.update(map_min=float(values.min()), map_max=float(values.max()))
+        if self.outputs.maps == "png16":
+            row["map"] = str(self._target("maps", source, ".png"))
+            map_png16(Path(row["map"]), values)
+        elif self.outputs.maps == "npy":
+            row["map"] = str(self._target("maps", source, ".npy"))
+            np.save(row["map"], values.astype(np.float32))
+        if self.pixel is None:
+            if self.outputs.overlays:
+                lo, hi = np.percentile(values, 1), np.percentile(values, 99.9)
+                row["overlay"] = str(self._target("overlays", source, ".png"))
+                Image.fromarray(overlay(image, values, np.zeros((h, w), bool), lo, hi)).save(row["overlay"])
+            return
+        mask = values > self.pixel
+        row["anomalous_fraction"] = float(mask.mean())
+        if self.outputs.masks:
+            row["mask"] = str(self._target("masks", source, ".png"))
+            Image.fromarray((mask * 255).astype(np.uint8)).save(row["mask"])
+        if self.outputs.overlays:
+            row["overlay"] = str(self._target("overlays", source, ".png"))
+            Image.fromarray(overlay(image, values, mask, *self.scale)).save(row["overlay"])
+
+
+@dataclass
+class PredictRun:
+    rows: list[dict]
+    out: Path
+    wall_s: float
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.rows)
+
+    @property
+    def anomalous(self) -> int:
+        return sum(r.get("verdict") == "anomalous" for r in self.rows)
+
+
+def _row(path: Path) -> dict:
+    return dict.fromkeys(COLUMNS) | {"path": str(path)}
+
+
+def predict_files(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs = Outputs(),
+                  progress: bool = False, overwrite: bool = False) -> PredictRun:
+    """Score every input with ``detector``; write the per-image files, the table and ``run.json`` in ``out``."""
+    out = Path(out)
+    check_out(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = Writer(out, inputs.root, detector, outputs)
+    threshold = detector.threshold
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(inputs.images), desc="predict", unit="image", disable=not progress)
+    try:
+        for start in range(0, len(inputs.images), detector.batch_size):
+            batch_paths = inputs.images[start:start + detector.batch_size]
+            decoded, batch_rows = [], []
+            for path in batch_paths:
+                row, t = _row(path), time.perf_counter()
+                try:
+                    image = np.asarray(open_image(path))
+                except DataError as exc:
+                    rows.append(row | {"status": "failed", "error": str(exc)})
+                    continue
+                row.update(status="ok", height=image.shape[0], width=image.shape[1], io_ms=1e3 * (time.perf_counter() - t))
+                decoded.append(image)
+                batch_rows.append(row)
+            if decoded:
+                t = time.perf_counter()
+                prediction = detector.predict(decoded)
+                per_image = 1e3 * (time.perf_counter() - t) / len(decoded)
+                for i, (row, image) in enumerate(zip(batch_rows, decoded)):
+                    row.update(score=float(prediction.scores[i]), time_ms=per_image)
+                    if threshold is not None:
+                        row.update(threshold=threshold.image, fpr=threshold.fpr,
+                                   verdict="anomalous" if prediction.scores[i] > threshold.image else "normal")
+                    t = time.perf_counter()
+                    writer.write(Path(row["path"]), image, prediction.maps[i], row)
+                    row["io_ms"] += 1e3 * (time.perf_counter() - t)
+                    rows.append(row)
+            bar.update(len(batch_paths))
+    finally:
+        bar.close()
+        rows += [_row(p) | {"status": "skipped", "error": f"not an image file by its extension ({p.suffix or 'none'})"}
+                 for p in inputs.skipped]
+        run = PredictRun(rows, out, time.perf_counter() - t_start)
+        write_table(run, detector, len(inputs.images))
+    return run
+
+
+def write_table(run: PredictRun, detector: Detector, planned: int) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(run.rows, columns=list(COLUMNS))
+    with atomic_path(run.out / f"{TABLE}.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(run.out / f"{TABLE}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    threshold = detector.threshold
+    summary = {"model": str(detector.source), "backend": detector.backend, "device": str(detector.device),
+               "batch_size": detector.batch_size, "category": detector.cfg.data.category,
+               "image_size": detector.size, "threshold": None if threshold is None else {
+                   "image": threshold.image, "pixel": threshold.pixel, "fpr": threshold.fpr,
+                   "pixel_fpr": threshold.pixel_fpr, "method": threshold.method, "n_normals": threshold.n_normals,
+                   "describe": threshold.describe()},
+               "planned": planned, "ok": run.count("ok"), "failed": run.count("failed"),
+               "skipped": run.count("skipped"), "anomalous": run.anomalous, "wall_s": run.wall_s}
+    with atomic_path(run.out / "run.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
