@@ -309,15 +309,18 @@ def onnx_session(path: Path, device: str | torch.device = "cpu", threads: int = 
 
 def read_metadata(path: Path, kind: str) -> dict:
     """The ``Detector.metadata()`` an exported file carries."""
-    if kind == "torchscript":
-        extra = {f"{METADATA_KEY}.json": ""}
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        raw = extra[f"{METADATA_KEY}.json"]
-    else:
-        import onnx
+    try:
+        if kind == "torchscript":
+            extra = {f"{METADATA_KEY}.json": ""}
+            _jit_load(path, "cpu", extra)
+            raw = extra[f"{METADATA_KEY}.json"]
+        else:
+            import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
-        raw = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), "")
+            model = onnx.load(str(path), load_external_data=False)
+            raw = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), "")
+    except Exception as exc:
+        raise SSNFError(f"cannot read {path} as {kind}: {exc}".splitlines()[0]) from None
     try:
         meta = json.loads(raw)
     except ValueError:
@@ -325,6 +328,15 @@ def read_metadata(path: Path, kind: str) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise SSNFError(f"{path} carries no ssnf metadata of format {EXPORT_FORMAT}: export it again with this ssnf")
     return meta
+
+
+def _jit_load(path: Path, device, extra: dict | None = None):
+    """``torch.jit.load`` without its deprecation notice (TorchScript is one of the two export formats asked for)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location=device, _extra_files=extra or {})
 
 
 def _exported(path: Path, kind: str, device, batch_size: int, threads: int) -> Detector:
@@ -340,7 +352,7 @@ def _exported(path: Path, kind: str, device, batch_size: int, threads: int) -> D
     detector.source = path
     detector._threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
     if kind == "torchscript":
-        module = torch.jit.load(str(path), map_location=detector.device)
+        module = _jit_load(path, detector.device)
         detector._run = _TorchScriptRunner(module.eval(), detector.device)
     else:
         detector._run = _OnnxRunner(onnx_session(path, device, threads))
