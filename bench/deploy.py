@@ -12,8 +12,10 @@
 2. Thresholds, per category: the model's threshold (set on validation normals after training) against the test
    split: the false-positive rate on the test normals against the requested one, with its 95 % Clopper-Pearson
    interval, and the false-negative rate on the test defects, per estimate (auto, gumbel, normal, empirical,
-   f1) and requested rate (1 %, 5 %); the pixel threshold's rates on the test pixels; how many test verdicts
-   the float32 ONNX file and the training-precision checkpoint disagree on. Test images set nothing here.
+   f1) and requested rate (1 %, 5 %); the pixel threshold's rates on the test pixels; the same estimators on
+   the validation normals alone (fit on random halves, rate on the other halves: calibration without the
+   test split's shift); how many test verdicts the float32 ONNX file and the training-precision checkpoint
+   disagree on. Test images set nothing here.
 
 Prints tables; writes ``deploy.json`` under ``--out``.
 """
@@ -124,6 +126,32 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def half_splits(base, rounds: int = 500, seed: int = 0) -> list[dict]:
+    """The estimators on validation normals alone: fit on a random half, count the other half above it;
+    averaged over ``rounds`` splits, the exceedance rate an estimate fitted on n/2 normals has on new normals
+    of the same session (no test image, no shift between sessions)."""
+    from ssnf.config import ThresholdConfig
+    from ssnf.threshold import image_threshold
+
+    scores = np.asarray(base.normal_scores)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fpr in (0.01, 0.05):
+        for method in ("gumbel", "normal", "empirical"):
+            cfg = ThresholdConfig(fpr=fpr, method=method)
+            above = []
+            for _ in range(rounds):
+                order = rng.permutation(len(scores))
+                fit, check = scores[order[:len(scores) // 2]], scores[order[len(scores) // 2:]]
+                value, _ = image_threshold(fit, np.zeros(0), cfg)
+                above.append(float((check > value).mean()))
+            rows.append({"requested_fpr": fpr, "method": method, "fit_on": len(scores) // 2,
+                         "held_out_fpr": float(np.mean(above))})
+            print(f"  validation half-splits ({len(scores) // 2} fit, {len(scores) - len(scores) // 2} held out, "
+                  f"{rounds} splits): requested {fpr:.0%} {method:<9} -> {np.mean(above):.3f}")
+    return rows
+
+
 def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
     import dataclasses
 
@@ -162,6 +190,7 @@ def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
             print(f"  requested {fpr:.0%} {method:<9} ({th.method:<9}) threshold {th.image:8.4f}: test FPR "
                   f"{at['fpr']:.3f} ({k}/{len(normal_test)}, 95 % CI {lo:.3f}-{hi:.3f}), FNR {at['fnr']:.3f}; "
                   f"pixels FPR {pixel['fpr']:.4f}, FNR {pixel['fnr']:.3f}")
+    result["half_splits"] = half_splits(base)
     onnx = tmp / f"{data.category}.onnx"
     detector.export(onnx, "onnx")
     exported = Detector.load(onnx).predict([s.image for s in splits.test])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ssnf.backbones.extractor import FeatureExtractor, build_extractor
-from ssnf.config import ScoringConfig, SSNFConfig, from_dict, to_dict
+from ssnf.config import ScoringConfig, SSNFConfig, ThresholdConfig, from_dict, to_dict
 from ssnf.errors import SSNFError
 from ssnf.features import extractor_fingerprint
 from ssnf.files import atomic_path
@@ -57,7 +57,7 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
         "scoring": to_dict(model.scoring) if model.scoring is not None else None,
-        "threshold": model.threshold.to_dict() if model.threshold is not None else None,
+        "thresholds": {k: t.to_dict() for k, t in model.thresholds.items()},
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -86,11 +86,13 @@ def _checked(payload: Any, path: Path) -> dict:
     return payload
 
 
-def set_threshold(path: Path, threshold: Threshold) -> Path:
-    """Write ``threshold`` into the checkpoint at ``path`` (``ssnf calibrate``), everything else as it was."""
+def set_thresholds(path: Path, thresholds: dict[str, Threshold], cfg: ThresholdConfig) -> Path:
+    """Write ``thresholds`` (per precision) into the checkpoint at ``path`` (``ssnf calibrate``) and the
+    ``threshold`` section they were set with into its config; everything else as it was."""
     path = Path(path)
     payload = _checked(torch.load(path, map_location="cpu", weights_only=True), path)
-    payload["threshold"] = threshold.to_dict()
+    payload["thresholds"] = {k: t.to_dict() for k, t in thresholds.items()}
+    payload["config"] = {**payload["config"], "threshold": to_dict(cfg)}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -113,7 +115,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
         raise SSNFError(f"checkpoint {path} was written by another ssnf version: {exc}") from None
     if extractor is None and payload["extractor"] is not None:
         extractor = build_extractor(dataclasses.replace(cfg.backbone, pretrained=False, weights=""))
-        extractor.body.load_state_dict(payload["extractor"], strict=True)
+        try:
+            extractor.body.load_state_dict(payload["extractor"], strict=True)
+        except RuntimeError as exc:
+            raise SSNFError(f"checkpoint {path}: its backbone weights do not fit {cfg.backbone.name} here "
+                            f"({str(exc).splitlines()[0]})") from None
     elif extractor is None:
         extractor = build_extractor(cfg.backbone)
     extractor.precision = cfg.train.precision
@@ -122,11 +128,14 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
         raise SSNFError(f"{path} is a slim checkpoint and the backbone at hand is not the one it was trained on "
                         f"({cfg.backbone.name}, weights {extractor.source}): load it with that backbone")
     model = SSNFModel(extractor, cfg.model, cfg.train.seed).set_precision(cfg.train.precision)
-    model.flows.load_state_dict(payload["flows"], strict=True)
+    try:
+        model.flows.load_state_dict(payload["flows"], strict=True)
+    except RuntimeError as exc:
+        raise SSNFError(f"checkpoint {path} was written by another ssnf version: its flows do not match this "
+                        f"model ({str(exc).splitlines()[0]})") from None
     if payload.get("scoring") is not None:
         model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")
-    if payload.get("threshold") is not None:
-        model.threshold = Threshold.from_dict(payload["threshold"])
+    model.thresholds = {k: Threshold.from_dict(t) for k, t in (payload.get("thresholds") or {}).items()}
     model.to(device)
     return Checkpoint(model, cfg, int(payload["epoch"]), list(payload["history"]), payload["optimizer"],
                       dict(payload.get("extra") or {}))

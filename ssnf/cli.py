@@ -147,8 +147,8 @@ def _train(args: argparse.Namespace) -> int:
     if not args.no_test and result.splits.test:
         payload["test"] = evaluate(result.model, cfg, result.splits.test, next(result.model.parameters()).device,
                                    progress=not args.quiet).metrics
-    if result.model.threshold is not None:
-        payload["threshold"] = result.model.threshold.to_dict()
+    if result.model.thresholds:
+        payload["thresholds"] = {k: t.to_dict() for k, t in result.model.thresholds.items()}
     _write_json(out / "metrics.json", payload)
     print("validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
@@ -231,10 +231,10 @@ def _detector(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ssnf.predict import Outputs, check_out, collect_inputs, predict_files
+    from ssnf.predict import Outputs, check_out, collect_inputs, run_predict
 
     check_out(Path(args.out), args.overwrite)  # before the model loads: a refused folder costs nothing
-    inputs = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs, exclude=Path(args.out))
     detector = _detector(args)
     if detector.threshold is None:
         print(f"note: {detector.source} has no threshold (trained before thresholds were kept): scores and maps "
@@ -242,7 +242,7 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         print(detector.threshold.describe())
     outputs = Outputs(maps=args.maps, overlays=not args.no_overlays, masks=not args.no_masks)
-    run = predict_files(detector, inputs, Path(args.out), outputs, progress=not args.quiet, overwrite=args.overwrite)
+    run = run_predict(detector, inputs, Path(args.out), outputs, progress=not args.quiet, overwrite=args.overwrite)
     ok, failed, skipped = run.count("ok"), run.count("failed"), run.count("skipped")
     verdicts = f"{run.anomalous} anomalous, {ok - run.anomalous} normal" if detector.threshold is not None else "no verdicts"
     print(f"{ok} images scored ({verdicts}), {failed} failed, {skipped} skipped (not images) in {run.wall_s:.1f} s; "
@@ -269,7 +269,7 @@ def _export(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ssnf.checkpoint import set_threshold
+    from ssnf.checkpoint import set_thresholds
     from ssnf.config import ThresholdConfig
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
@@ -279,19 +279,24 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     detector = Detector.load(path)
+    detector.require_model("calibrate")
     cfg = detector.cfg
     data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root)
     splits = make_splits(load_index(data), data)
-    if not splits.val:
-        raise SSNFError(f"no validation images for {data.category}: thresholds come from validation normals")
+    if len(splits.val) < 2:
+        raise SSNFError(f"{len(splits.val)} validation images for {data.category}: thresholds need at least 2 "
+                        "validation normals")
     validation = build_validation(detector.model.extractor, load_images(splits.val, data.image_size), data.seed,
                                   detector.device, data.reference)
     base = cfg.threshold
     wanted = ThresholdConfig(fpr=args.fpr or base.fpr, pixel_fpr=args.pixel_fpr or base.pixel_fpr,
                              method=args.threshold_method or base.method)
-    set_threshold(path, detector.calibrate(validation, wanted))
-    print(detector.threshold.describe())
-    print(f"wrote the threshold into {path}")
+    wanted.validate()
+    detector.calibrate(validation, wanted)
+    set_thresholds(path, detector.model.thresholds, wanted)
+    for threshold in detector.model.thresholds.values():
+        print(threshold.describe())
+    print(f"wrote the thresholds into {path}")
     return 0
 
 

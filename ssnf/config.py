@@ -225,8 +225,8 @@ class ThresholdConfig:
     def validate(self) -> None:
         for key in ("fpr", "pixel_fpr"):
             value = getattr(self, key)
-            if not 0.0 < value < 0.5:
-                raise ConfigError(f"threshold.{key}={value} must lie in (0, 0.5)")
+            if not 1e-6 <= value < 0.5:
+                raise ConfigError(f"threshold.{key}={value} must lie in [1e-6, 0.5)")
         if self.method not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold.method={self.method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssnf.config import ScoringConfig, SSNFConfig
+from ssnf.config import ScoringConfig, SSNFConfig, to_dict
 from ssnf.data.dataset import DecodedSplit, load_pair
 from ssnf.data.layouts import ANOMALOUS, Sample
 from ssnf.errors import DataError
@@ -68,8 +68,11 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     pixel = (result.masks, result.maps) if result.has_masks else (None, None)
     result.metrics = compute_metrics(labels, result.scores, *pixel)
     result.scoring = detector.scoring
-    result.threshold = detector.threshold
-    if detector.threshold is not None:  # how the threshold set on validation normals does here (reported only)
+    # how the threshold set on validation normals does here (reported only); not under another scoring
+    # (ssnf evaluate --set scoring.*): it was set on the scores of the scoring chosen in training
+    same = detector.threshold is not None and detector.threshold.scoring == to_dict(detector.scoring)
+    result.threshold = detector.threshold if same else None
+    if same:
         at = rates(result.scores, labels, detector.threshold.image)
         result.metrics["threshold_fpr"], result.metrics["threshold_fnr"] = at["fpr"], at["fnr"]
         if result.has_masks:
@@ -81,6 +84,18 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
         if normal.any():
             result.metrics[f"image_auroc/{defect}"] = image_auroc(labels[chosen], result.scores[chosen])
     return result
+
+
+def overlay(image: np.ndarray, values: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``image`` with the map coloured (JET) over it on the fixed scale ``[lo, hi]``, the mask's outline in white:
+    the one heatmap of ``ssnf evaluate``'s panels and ``ssnf predict``'s overlays."""
+    heat = np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    blend = (0.55 * image + 0.45 * colour).astype(np.uint8)
+    if mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(blend, contours, -1, (255, 255, 255), max(1, min(image.shape[:2]) // 200))
+    return blend
 
 
 def write_overlays(evaluation: Evaluation, out_dir: Path, size: int, count: int = 8) -> list[Path]:
@@ -106,9 +121,7 @@ def write_overlays(evaluation: Evaluation, out_dir: Path, size: int, count: int 
     for rank, i in enumerate(picked[:count]):
         sample = evaluation.samples[i]
         image = load_pair(sample, size)[0]
-        heat = np.clip((evaluation.maps[i] - lo) / max(hi - lo, 1e-12), 0, 1)
-        colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-        blend = (0.5 * image + 0.5 * colour).astype(np.uint8)
+        blend = overlay(image, evaluation.maps[i], np.zeros(evaluation.maps[i].shape, bool), lo, hi)
         truth = image.copy()
         contours, _ = cv2.findContours(evaluation.masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(truth, contours, -1, (255, 0, 0), max(1, size // 128))

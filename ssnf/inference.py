@@ -34,9 +34,10 @@ from torch import nn
 
 from ssnf.config import ScoringConfig, SSNFConfig, ThresholdConfig, from_dict, to_dict
 from ssnf.data.dataset import resize_image
-from ssnf.data.io import open_image
+from ssnf.data.io import open_image, to_uint8
 from ssnf.errors import DataError, SSNFError
 from ssnf.model.detector import SSNFModel
+from ssnf.prepared import ValidationSet
 from ssnf.scoring import resolve, score
 from ssnf.threshold import Threshold, fit_threshold
 
@@ -57,7 +58,11 @@ class InferencePath(nn.Module):
         x = images.permute(0, 3, 1, 2).float() / 255.0
         # the identity at the model's size; otherwise torch's antialiased bilinear (PIL's filter, as in training)
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        maps, scores = score(self.model(x), self.scoring, (self.size, self.size))
+        return self.score_features(self.model.extractor(x))
+
+    def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The path after the backbone: flows and scoring of per-scale features."""
+        maps, scores = score(self.model.flow_features(features), self.scoring, (self.size, self.size))
         return scores.float(), maps.float()
 
 
@@ -102,6 +107,7 @@ class Detector:
 
     @property
     def threshold(self) -> Threshold | None:
+        """The thresholds of the arithmetic this detector runs in (``train.precision``; exported files: fp32)."""
         return self._threshold
 
     @threshold.setter
@@ -144,9 +150,12 @@ class Detector:
     def prepare(self, images: np.ndarray | Sequence) -> np.ndarray:
         """Paths or ``uint8`` images (RGB ``[H, W, 3]``, grey ``[H, W]`` / ``[H, W, 1]``, RGBA) of any size ->
         ``uint8 [N, S, S, 3]`` at the model's size, resized as the training images were."""
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:] == (self.size, self.size, 3) \
-                and images.dtype == np.uint8:
-            return images
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise DataError(f"an array of images must be [N, H, W, C], got {tuple(images.shape)}: pass one image "
+                                "as a list of one, or as [1, H, W, C]")
+            if images.shape[1:] == (self.size, self.size, 3) and images.dtype == np.uint8:
+                return images
         if len(images) == 0:
             return np.zeros((0, self.size, self.size, 3), np.uint8)
         return np.stack([resize_image(as_rgb(image), self.size) for image in images])
@@ -172,14 +181,13 @@ class Detector:
     @torch.no_grad()
     def predict_features(self, features: list[torch.Tensor]) -> Prediction:
         """Scores and maps from backbone features already extracted (per scale ``[N, C, h, w]``): PyTorch only."""
-        self._need_model("predict_features")
+        self.require_model("predict_features")
+        self.model.eval()
         scores, maps = [], []
-        size = (self.size, self.size)
         for start in range(0, len(features[0]), self.batch_size):
-            outputs = self.model.flow_features([f[start:start + self.batch_size].to(self.device) for f in features])
-            m, s = score(outputs, self.scoring, size)
-            scores.append(s.float().cpu().numpy())
-            maps.append(m.float().cpu().numpy())
+            s, m = self.path.score_features([f[start:start + self.batch_size].to(self.device) for f in features])
+            scores.append(s.cpu().numpy())
+            maps.append(m.cpu().numpy())
         return self._joined(scores, maps)
 
     @torch.no_grad()
@@ -196,24 +204,39 @@ class Detector:
 
     # -- thresholds --------------------------------------------------------------------------------------
 
-    def calibrate(self, validation, cfg: ThresholdConfig | None = None) -> Threshold:
-        """Set (and return) the thresholds from a ``ValidationSet``: its normals' scores and maps, its reference
-        anomalies' scores (``threshold.method=f1``). Test images never come here."""
-        prediction = self.predict_features(validation.features)
+    def calibrate(self, validation: ValidationSet, cfg: ThresholdConfig | None = None) -> Threshold:
+        """Set the thresholds from a ``ValidationSet`` (its images through this very path: the normals' scores
+        and maps, the reference anomalies' scores for ``threshold.method=f1``), in the training precision and, when
+        that is not fp32, in fp32 too (what an exported file computes: bf16 and fp32 scores differ). Returns the
+        training precision's. Test images never come here."""
+        self.require_model("calibrate")
+        if validation.images is None:
+            raise SSNFError("this validation set keeps no images (a subset): build it with prepared.build_validation")
+        cfg = cfg or self.cfg.threshold
         normal = np.asarray(validation.labels) == 0
-        self.threshold = fit_threshold(prediction.scores[normal], prediction.scores[~normal],
-                                       prediction.maps[normal], cfg or self.cfg.threshold)
-        return self.threshold
+        own = self.cfg.train.precision
+        for precision in dict.fromkeys((own, "fp32")):
+            self.model.set_precision(precision)
+            prediction = self.predict(validation.images)
+            self.model.threshold = fit_threshold(prediction.scores[normal], prediction.scores[~normal],
+                                                 prediction.maps[normal], cfg, precision, to_dict(self.scoring))
+        self.model.set_precision(own)
+        self._threshold = self.model.threshold
+        return self._threshold
 
     def with_threshold(self, fpr: float | None = None, pixel_fpr: float | None = None,
                        method: str | None = None) -> "Detector":
-        """This detector with its threshold re-read at another rate or method (from the normals it rests on)."""
+        """This detector with its thresholds re-read at another rate or method (from the normals they rest on)."""
         if fpr is None and pixel_fpr is None and method is None:
             return self
         if self.threshold is None:
             raise SSNFError(f"{self.source or 'this model'} has no threshold to re-read: calibrate it first "
                             "(ssnf calibrate --checkpoint ...)")
-        self.threshold = self.threshold.at(fpr, pixel_fpr, method)
+        if self.model is not None:
+            self.model.thresholds = {k: t.at(fpr, pixel_fpr, method) for k, t in self.model.thresholds.items()}
+            self._threshold = self.model.threshold
+        else:
+            self._threshold = self._threshold.at(fpr, pixel_fpr, method)
         return self
 
     # -- out ---------------------------------------------------------------------------------------------
@@ -221,29 +244,38 @@ class Detector:
     def metadata(self) -> dict:
         """What an exported file carries: the config, the resolved scoring, the threshold, the input contract."""
         return {"format": EXPORT_FORMAT, "config": to_dict(self.cfg), "scoring": to_dict(self.scoring),
-                "threshold": self.threshold.to_dict() if self.threshold is not None else None,
+                "threshold": self.export_threshold().to_dict() if self.export_threshold() is not None else None,
                 "input": {"name": "images", "dtype": "uint8", "shape": ["batch", "height", "width", 3],
                           "colour": "RGB"},
                 "outputs": {"scores": ["batch"], "maps": ["batch", self.size, self.size]}}
+
+    def export_threshold(self) -> Threshold | None:
+        """The thresholds an exported file carries: those of float32 scores (exports compute in float32)."""
+        if self.model is None:
+            return self._threshold
+        return self.model.thresholds.get("fp32")
 
     def export(self, path: str | Path, fmt: str, verify: bool = True) -> Path:
         """Write the whole inference path to ``path`` as ``onnx`` or ``torchscript`` (``ssnf.export``)."""
         from ssnf.export import export
 
-        self._need_model("export")
+        self.require_model("export")
         return export(self, Path(path), fmt, verify)
 
-    def _need_model(self, what: str) -> None:
+    def require_model(self, what: str) -> None:
         if self.model is None:
             raise SSNFError(f"{what} needs the PyTorch model: {self.source} is an exported {self.backend} file; "
                             "use its checkpoint")
 
 
 def as_rgb(image) -> np.ndarray:
-    """A path or a ``uint8`` image (RGB, grey ``[H, W]`` or ``[H, W, 1]``, RGBA) -> ``uint8 [H, W, 3]``."""
+    """A path or a ``uint8`` / ``uint16`` image (RGB, grey ``[H, W]`` or ``[H, W, 1]``, RGBA) -> ``uint8 [H, W, 3]``
+    (16-bit levels scaled as ``ssnf.data.io.to_uint8`` scales 16-bit files)."""
     if isinstance(image, (str, Path)):
         return np.asarray(open_image(Path(image)))
     image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = to_uint8(image, sixteen_bit=True)
     if image.dtype == np.uint8:
         if image.ndim == 2:
             image = image[:, :, None]
@@ -251,7 +283,7 @@ def as_rgb(image) -> np.ndarray:
             return np.repeat(image, 3, axis=2)
         if image.ndim == 3 and image.shape[2] in (3, 4):
             return np.ascontiguousarray(image[:, :, :3])
-    raise DataError(f"expected a uint8 image [H, W, 3] (RGB), [H, W] (grey) or [H, W, 4] (RGBA), "
+    raise DataError(f"expected a uint8 or uint16 image [H, W, 3] (RGB), [H, W] (grey) or [H, W, 4] (RGBA), "
                     f"got {image.dtype} {tuple(image.shape)}")
 
 
@@ -296,7 +328,7 @@ def pick_device(device: str | torch.device, kind: str) -> torch.device:
     ``cuda`` where there is none: one line."""
     name = str(device)
     if name == "auto":
-        usable = torch.cuda.is_available()
+        usable = torch.cuda.is_available() and kind != "torchscript"
         if usable and kind == "onnx":
             try:
                 import onnxruntime as ort
@@ -305,6 +337,11 @@ def pick_device(device: str | torch.device, kind: str) -> torch.device:
             except ImportError:
                 usable = False
         return torch.device("cuda" if usable else "cpu")
+    if kind == "torchscript":
+        if name.startswith("cuda"):
+            raise SSNFError("an exported TorchScript file runs on the CPU (it was traced there): use the checkpoint "
+                            "or the ONNX file on a GPU")
+        return torch.device("cpu")
     if name.startswith("cuda") and kind != "onnx" and not torch.cuda.is_available():
         raise SSNFError("--device cuda, but torch sees no CUDA device here")
     return torch.device(name)
@@ -325,7 +362,10 @@ def onnx_session(path: Path, device: str | torch.device = "cpu", threads: int = 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise SSNFError(f"--device cuda: this onnxruntime has no CUDA provider ({', '.join(ort.get_available_providers())})")
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:
+        raise SSNFError(f"onnxruntime cannot load {path}: {exc}".splitlines()[0]) from None
 
 
 def read_metadata(path: Path, kind: str) -> dict:
@@ -373,7 +413,10 @@ def _exported(path: Path, kind: str, device, batch_size: int, threads: int) -> D
     detector.source = path
     detector._threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
     if kind == "torchscript":
-        module = _jit_load(path, detector.device)
+        try:
+            module = _jit_load(path, detector.device)
+        except Exception as exc:
+            raise SSNFError(f"cannot load {path} as TorchScript: {exc}".splitlines()[0]) from None
         detector._run = _TorchScriptRunner(module.eval(), detector.device)
     else:
         detector._run = _OnnxRunner(onnx_session(path, device, threads))

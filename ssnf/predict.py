@@ -4,7 +4,9 @@ Per image (all at the image's own size): the anomaly map (``maps/``: a 16-bit PN
 map's own range, kept in the row and in the PNG's ``ssnf_map_range`` text, or ``.npy`` float32), a heatmap
 overlay (``overlays/``: coloured on one scale for the whole model, from the normal pixels' median to twice the
 pixel threshold's distance above it, the mask's outline drawn) and the binary mask (``masks/``: the map above
-the pixel threshold). Output files mirror the inputs' paths below their common folder.
+the pixel threshold). Output files mirror the inputs' paths below their common folder, extensions kept
+(``cam1/a.jpg`` -> ``maps/cam1/a.jpg.png``: ``a.png`` and ``a.jpg`` stay apart). Folders are walked
+recursively, leaving out hidden entries, the output folder and earlier runs' folders.
 
 One table for the run, ``predictions.parquet`` and ``predictions.csv`` (``COLUMNS``), written also when a run
 is interrupted (the rows done so far), and ``run.json`` (the model, its threshold and what it rests on, counts).
@@ -29,8 +31,9 @@ from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from ssnf.data.io import IMAGE_EXTENSIONS, open_image
-from ssnf.errors import DataError, SSNFError
+from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
+from ssnf.evaluate import overlay
 from ssnf.inference import Detector
 
 MAP_FORMATS = ("png16", "npy", "none")
@@ -43,20 +46,43 @@ COLUMNS = ("path", "status", "error", "score", "verdict", "threshold", "fpr", "a
 class Inputs:
     images: list[Path]  # files to score, in order
     skipped: list[Path] = field(default_factory=list)  # files in the folders that are not images by their extension
-    root: Path = Path(".")  # their common folder: output names are relative to it
+    root: Path | None = None  # their common folder (output names are relative to it); None: computed
+
+    def __post_init__(self) -> None:
+        if self.root is None and self.images:
+            self.root = Path(os.path.commonpath([p.resolve().parent for p in self.images + self.skipped]))
 
 
 def is_pattern(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def collect_inputs(items: Sequence[str | Path]) -> Inputs:
-    """Image files, folders (recursive) and globs -> the files to score, in a stable order, without repeats."""
+def is_run_folder(folder: Path) -> bool:
+    """A folder an ``ssnf predict`` run wrote (its table and ``run.json``)."""
+    return (folder / "run.json").is_file() and (folder / f"{TABLE}.parquet").is_file()
+
+
+def walk(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """The files below ``folder``, sorted; hidden files and folders, ``exclude`` and the folders of earlier
+    ``ssnf predict`` runs (their maps and overlays are not parts to inspect) are left out."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        base = Path(here)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_run_folder(base / d)
+                         and (exclude is None or (base / d).resolve() != exclude))
+        found += [base / f for f in sorted(files) if not f.startswith(".")]
+    return sorted(found)
+
+
+def collect_inputs(items: Sequence[str | Path], exclude: Path | None = None) -> Inputs:
+    """Image files, folders (recursive) and globs -> the files to score, in a stable order, without repeats.
+    ``exclude``: a folder never walked into (the run's output folder, when it lies inside an input folder)."""
     images: dict[Path, None] = {}
     skipped: dict[Path, None] = {}
+    exclude = exclude.resolve() if exclude is not None else None
     for item in items:
         text = str(item)
-        if is_pattern(text):
+        if is_pattern(text) and not Path(text).expanduser().exists():
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
                 raise SSNFError(f"input {text!r} matches no file")
@@ -65,25 +91,23 @@ def collect_inputs(items: Sequence[str | Path]) -> Inputs:
             paths = [Path(text).expanduser()]
         for path in paths:
             if path.is_dir():
-                for found in sorted(p for p in path.rglob("*") if p.is_file()):
-                    if any(part.startswith(".") for part in found.relative_to(path).parts):
-                        continue
+                for found in walk(path, exclude):
                     target = images if found.suffix.lower() in IMAGE_EXTENSIONS else skipped
                     target[found.resolve()] = None
             elif path.is_file():
                 images[path.resolve()] = None
-            elif not is_pattern(text):
+            elif not path.exists():
                 raise SSNFError(f"input {path} does not exist")
     if not images:
         raise SSNFError(f"no image files in {', '.join(str(i) for i in items)} "
                         f"(images: {', '.join(IMAGE_EXTENSIONS)})")
-    everything = list(images) + list(skipped)
-    common = Path(os.path.commonpath([p.parent for p in everything]))
-    return Inputs(list(images), list(skipped), common)
+    return Inputs(list(images), list(skipped))
 
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that holds another run's results (unless ``overwrite``)."""
+    if out.exists() and not out.is_dir():
+        raise SSNFError(f"--out {out} is a file, not a folder")
     held = [p.name for p in (out / f"{TABLE}.parquet", out / f"{TABLE}.csv", out / "run.json") if p.exists()]
     if held and not overwrite:
         raise SSNFError(f"{out} holds another run's results ({', '.join(held)}): choose another --out, "
@@ -109,16 +133,6 @@ def read_map_png16(path: Path) -> np.ndarray:
     return (lo + grey / 65535.0 * (hi - lo)).astype(np.float32)
 
 
-def overlay(image: np.ndarray, values: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``image`` with the map coloured (JET) over it on the fixed scale ``[lo, hi]``, the mask's outline in white."""
-    heat = np.clip((values - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    blend = (0.55 * image + 0.45 * colour).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(blend, contours, -1, (255, 255, 255), max(1, min(image.shape[:2]) // 200))
-    return blend
-
-
 @dataclass
 class Outputs:
     maps: str = "png16"  # png16 | npy | none
@@ -139,8 +153,9 @@ class Writer:
         self.scale = (lo, lo + 2 * (self.pixel - lo)) if threshold is not None else None
 
     def _target(self, kind: str, source: Path, suffix: str) -> Path:
-        rel = source.relative_to(self.root) if source.is_relative_to(self.root) else Path(source.name)
-        path = self.out / kind / rel.with_suffix(suffix)
+        """``out/kind/<the source's path below root, its extension kept>.<suffix>``: a.png and a.jpg stay apart."""
+        rel = source.resolve().relative_to(self.root)
+        path = self.out / kind / rel.with_name(rel.name + suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -188,45 +203,40 @@ def _row(path: Path) -> dict:
     return dict.fromkeys(COLUMNS) | {"path": str(path)}
 
 
-def predict_files(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs = Outputs(),
-                  progress: bool = False, overwrite: bool = False) -> PredictRun:
-    """Score every input with ``detector``; write the per-image files, the table and ``run.json`` in ``out``."""
+def run_predict(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs | None = None,
+                progress: bool = False, overwrite: bool = False) -> PredictRun:
+    """Score every input with ``detector``; write the per-image files, the table and ``run.json`` in ``out``.
+    Rows keep the inputs' order; a file that fails (decoding, a non-finite score, writing) is a ``failed`` row."""
     out = Path(out)
     check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(out, inputs.root, detector, outputs)
+    writer = Writer(out, inputs.root, detector, outputs or Outputs())
     threshold = detector.threshold
     rows: list[dict] = []
     t_start = time.perf_counter()
     bar = tqdm(total=len(inputs.images), desc="predict", unit="image", disable=not progress)
     try:
         for start in range(0, len(inputs.images), detector.batch_size):
-            batch_paths = inputs.images[start:start + detector.batch_size]
-            decoded, batch_rows = [], []
-            for path in batch_paths:
-                row, t = _row(path), time.perf_counter()
+            batch = [_row(path) for path in inputs.images[start:start + detector.batch_size]]
+            decoded = {}
+            for i, row in enumerate(batch):
+                t = time.perf_counter()
                 try:
-                    image = np.asarray(open_image(path))
-                except DataError as exc:
-                    rows.append(row | {"status": "failed", "error": str(exc)})
+                    image = np.asarray(open_image(Path(row["path"])))
+                except Exception as exc:  # one unreadable file among thousands: its row says why, the run goes on
+                    row.update(status="failed", error=_one_line(exc, row["path"]))
                     continue
-                row.update(status="ok", height=image.shape[0], width=image.shape[1], io_ms=1e3 * (time.perf_counter() - t))
-                decoded.append(image)
-                batch_rows.append(row)
+                row.update(status="ok", height=image.shape[0], width=image.shape[1],
+                           io_ms=1e3 * (time.perf_counter() - t))
+                decoded[i] = image
             if decoded:
                 t = time.perf_counter()
-                prediction = detector.predict(decoded)
+                prediction = detector.predict(list(decoded.values()))
                 per_image = 1e3 * (time.perf_counter() - t) / len(decoded)
-                for i, (row, image) in enumerate(zip(batch_rows, decoded)):
-                    row.update(score=float(prediction.scores[i]), time_ms=per_image)
-                    if threshold is not None:
-                        row.update(threshold=threshold.image, fpr=threshold.fpr,
-                                   verdict="anomalous" if prediction.scores[i] > threshold.image else "normal")
-                    t = time.perf_counter()
-                    writer.write(Path(row["path"]), image, prediction.maps[i], row)
-                    row["io_ms"] += 1e3 * (time.perf_counter() - t)
-                    rows.append(row)
-            bar.update(len(batch_paths))
+                for (i, image), score, small in zip(decoded.items(), prediction.scores, prediction.maps):
+                    _finish(batch[i], image, float(score), small, per_image, threshold, writer)
+            rows += batch
+            bar.update(len(batch))
     finally:
         bar.close()
         rows += [_row(p) | {"status": "skipped", "error": f"not an image file by its extension ({p.suffix or 'none'})"}
@@ -234,6 +244,29 @@ def predict_files(detector: Detector, inputs: Inputs, out: Path, outputs: Output
         run = PredictRun(rows, out, time.perf_counter() - t_start)
         write_table(run, detector, len(inputs.images))
     return run
+
+
+def _one_line(exc: Exception, path: str) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if path in text else f"{path}: {text}"
+
+
+def _finish(row: dict, image: np.ndarray, score: float, small: np.ndarray, per_image: float,
+            threshold, writer: Writer) -> None:
+    """Fill an image's row: score, verdict, its files."""
+    row.update(score=score, time_ms=per_image)
+    if not np.isfinite(score) or not np.isfinite(small).all():
+        row.update(status="failed", error=f"{row['path']}: the model gave a non-finite score or map")
+        return
+    if threshold is not None:
+        row.update(threshold=threshold.image, fpr=threshold.fpr,
+                   verdict="anomalous" if score > threshold.image else "normal")
+    t = time.perf_counter()
+    try:
+        writer.write(Path(row["path"]), image, small, row)
+    except Exception as exc:
+        row.update(status="failed", error=_one_line(exc, row["path"]), verdict=None)
+    row["io_ms"] += 1e3 * (time.perf_counter() - t)
 
 
 def write_table(run: PredictRun, detector: Detector, planned: int) -> None:

@@ -35,6 +35,7 @@ class ValidationSet:
     labels: np.ndarray  # [N]
     masks: np.ndarray  # [N, S, S] bool
     kinds: list[str]
+    images: np.ndarray | None = None  # uint8 [N, S, S, 3]: the thresholds are fitted through the whole inference path
 
 
 @dataclass
@@ -53,11 +54,11 @@ class PreparedData:
 
 
 def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
-    """The splits a training run of ``cfg`` needs: validation images, and two training images to synthesize from."""
-    if not splits.val:
+    """The splits a training run of ``cfg`` needs: two validation images, and two training images to synthesize from."""
+    if len(splits.val) < 2:
         raise DataError(
-            f"no validation images for {cfg.data.category}: set data.val_fraction > 0 "
-            "(validation uses held-out normal training images, never test images)"
+            f"{len(splits.val)} validation images for {cfg.data.category}, at least 2 needed (validation and the "
+            "thresholds use held-out normal training images, never test images): raise data.val_fraction"
         )
     if cfg.loss.weight > 0 and len(splits.train) < 2:
         raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")
@@ -70,7 +71,8 @@ def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int,
     all_images = np.concatenate([images, np.stack([a[0] for a in anomalies])])
     masks = np.concatenate([np.zeros(images.shape[:3], bool), np.stack([a[1] for a in anomalies])])
     labels = np.r_[np.zeros(len(images), int), np.ones(len(anomalies), int)]
-    return ValidationSet(extract(extractor, all_images, device=device), labels, masks, [a[2] for a in anomalies])
+    return ValidationSet(extract(extractor, all_images, device=device), labels, masks, [a[2] for a in anomalies],
+                         all_images)
 
 
 def data_key(cfg: SSNFConfig) -> str:

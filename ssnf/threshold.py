@@ -55,6 +55,8 @@ class Threshold:
     anomaly_scores: list[float] = field(default_factory=list)  # the reference anomalies' image scores
     pixel_tail: list[list[float]] = field(default_factory=list)  # [[fpr, value], ...] of the normal pixels
     pixel_median: float = 0.0  # the normal pixels' median (overlays are coloured from here to past the threshold)
+    precision: str = "fp32"  # the arithmetic the scores came from (train.precision; exported files: fp32)
+    scoring: dict = field(default_factory=dict)  # the resolved scoring the scores came from
 
     def at(self, fpr: float | None = None, pixel_fpr: float | None = None, method: str | None = None) -> "Threshold":
         """The same normals, another requested rate or method (``ssnf predict --fpr``)."""
@@ -68,11 +70,12 @@ class Threshold:
 
     def describe(self) -> str:
         how = {"empirical": "the empirical quantile of", "gumbel": "a Gumbel tail fitted to",
-               "normal": "a Gaussian fitted to", "f1": "F1-max on"}[self.method]
-        rests = (f"{self.n_normals} validation normals and {self.n_anomalies} reference anomalies"
-                 if self.method == "f1" else f"{self.n_normals} validation normals")
-        return (f"image threshold {self.image:.6g} at {self.fpr:.3g} FPR ({how} {rests}); "
-                f"pixel threshold {self.pixel:.6g} at {self.pixel_fpr:.3g} FPR (empirical, normal pixels)")
+               "normal": "a Gaussian fitted to"}
+        image = (f"F1-max between {self.n_normals} validation normals and {self.n_anomalies} reference anomalies"
+                 if self.method == "f1" else
+                 f"at {self.fpr:.3g} FPR ({how[self.method]} {self.n_normals} validation normals)")
+        return (f"image threshold {self.image:.6g}, {image}; pixel threshold {self.pixel:.6g} at "
+                f"{self.pixel_fpr:.3g} FPR (empirical, normal pixels); {self.precision} scores")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,31 +141,33 @@ def image_threshold(normal: np.ndarray, anomalous: np.ndarray, cfg: ThresholdCon
 
 def pixel_tail(values: np.ndarray) -> list[list[float]]:
     """``[[fpr, value], ...]``: the normal pixels' upper quantiles at ``PIXEL_TAIL_FPRS``."""
-    values = np.asarray(values, np.float64).ravel()
+    values = np.asarray(values).ravel()
     quantiles = np.quantile(values, 1.0 - PIXEL_TAIL_FPRS)
     return [[float(f), float(v)] for f, v in zip(PIXEL_TAIL_FPRS, quantiles)]
 
 
 def pixel_from_tail(tail: list[list[float]], fpr: float) -> float:
     """The pixel threshold at ``fpr``, interpolated in log rate between the table's rows (clamped at its ends)."""
+    if not tail:
+        raise ConfigError("this threshold keeps no table of normal pixels: calibrate the model again")
     rates, values = np.asarray(tail, np.float64).T
     return float(np.interp(math.log(fpr), np.log(rates), values))
 
 
 def fit_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray, normal_maps: np.ndarray,
-                  cfg: ThresholdConfig) -> Threshold:
+                  cfg: ThresholdConfig, precision: str = "fp32", scoring: dict | None = None) -> Threshold:
     """The thresholds of ``cfg`` from validation normals' image scores and maps (and the anomalies' scores)."""
     cfg.validate()
     image, used = image_threshold(normal_scores, anomaly_scores, cfg)
-    maps = np.asarray(normal_maps, np.float32)
-    sample = maps.ravel()
+    sample = np.asarray(normal_maps, np.float32).ravel()
     tail = pixel_tail(sample)
     return Threshold(image=image, pixel=pixel_from_tail(tail, cfg.pixel_fpr), fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr,
                      method=used, requested=cfg.method, n_normals=len(normal_scores),
                      n_anomalies=len(anomaly_scores),
                      normal_scores=[float(s) for s in normal_scores],
                      anomaly_scores=[float(s) for s in anomaly_scores],
-                     pixel_tail=tail, pixel_median=float(np.median(sample)))
+                     pixel_tail=tail, pixel_median=float(np.median(sample)), precision=precision,
+                     scoring=dict(scoring or {}))
 
 
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:

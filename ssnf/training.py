@@ -192,12 +192,14 @@ def step_loss(model: SSNFModel, batch: Batch, loss: LossConfig, progress: float)
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
           resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None,
-          slim_checkpoints: bool = False) -> TrainResult:
+          slim_checkpoints: bool = False, thresholds: bool = True) -> TrainResult:
     """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch.
 
     ``data``: prepared data to use instead of reading and extracting (a sweep's shared copy); it must
     have been made for the same data, backbone and seed. ``slim_checkpoints``: leave the frozen backbone's
     weights out of the checkpoints (a sweep's trials: the backbone is the experiment's, not the trial's).
+    ``thresholds``: set the decision thresholds after the last epoch (a sweep's trials skip it: they are ranked,
+    not deployed; ``make models`` trains the chosen configs again).
     """
     t_start = time.perf_counter()
     seed = cfg.train.seed
@@ -254,7 +256,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             t = time.perf_counter()
             report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device))
-            if epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from the validation normals
+            if thresholds and epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from validation normals
                 threshold = Detector(model, cfg, device).calibrate(data.validation)
                 report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
             report["val_s"] = time.perf_counter() - t

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from ssnf.checkpoint import load_checkpoint
-from ssnf.config import SSNFConfig, ThresholdConfig, with_overrides
+from ssnf.config import SSNFConfig, ThresholdConfig, to_dict, with_overrides
 from ssnf.data.demo import DemoSpec, ensure_demo
-from ssnf.errors import ConfigError, SSNFError
+from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.evaluate import evaluate
 from ssnf.export import check_parity, example_images
 from ssnf.inference import Detector, file_kind
@@ -78,7 +78,7 @@ def test_threshold_rereads_at_another_rate_and_round_trips():
     assert looser.image < threshold.image and looser.pixel < threshold.pixel and looser.fpr == 0.05
     assert threshold.at(method="f1").method == "f1" and "20 reference anomalies" in threshold.at(method="f1").describe()
     assert Threshold.from_dict(json.loads(json.dumps(threshold.to_dict()))) == threshold
-    with pytest.raises(ConfigError, match=r"threshold.fpr=0.7 must lie in \(0, 0.5\)"):
+    with pytest.raises(ConfigError, match=r"threshold.fpr=0.7 must lie in \[1e-6, 0.5\)"):
         threshold.at(fpr=0.7)
     with pytest.raises(ConfigError, match="threshold.method='best'"):
         ThresholdConfig(method="best").validate()
@@ -106,12 +106,15 @@ def trained(tmp_path_factory):
 
 def test_training_sets_the_threshold_on_validation_normals_and_test_reports_it(trained):
     cfg, path, result, _ = trained
-    threshold = load_checkpoint(path).model.threshold
+    thresholds = load_checkpoint(path).model.thresholds
+    assert set(thresholds) == {"bf16", "fp32"}  # the training precision's, and the one exported files use
+    threshold = thresholds["bf16"]
     n_val = len(result.splits.val)
-    assert threshold is not None and threshold.n_normals == n_val and threshold.fpr == 0.01
+    assert threshold.n_normals == n_val and threshold.fpr == 0.01 and threshold.precision == "bf16"
     assert threshold.method == "gumbel" and len(threshold.normal_scores) == n_val
     detector = Detector.load(path)
-    assert detector.threshold == threshold
+    assert detector.threshold == threshold and detector.threshold.scoring == to_dict(detector.scoring)
+    assert thresholds["fp32"].normal_scores != threshold.normal_scores  # bf16 and fp32 scores differ
     # the normals it rests on are the validation normals' scores through the one inference path
     val_scores = detector.predict([s.image for s in result.splits.val]).scores
     np.testing.assert_allclose(sorted(val_scores), sorted(threshold.normal_scores), rtol=1e-5, atol=1e-6)
@@ -128,8 +131,8 @@ def test_training_sets_the_threshold_on_validation_normals_and_test_reports_it(t
 def test_calibrate_rebuilds_the_same_threshold_from_the_validation_split(trained, tmp_path):
     _, path, _, _ = trained
     payload = torch.load(path, weights_only=True)
-    original = payload["threshold"]
-    payload["threshold"] = None
+    original = payload["thresholds"]
+    payload["thresholds"] = {}
     old = tmp_path / "old.pt"
     torch.save(payload, old)
     assert Detector.load(old).threshold is None
@@ -137,11 +140,14 @@ def test_calibrate_rebuilds_the_same_threshold_from_the_validation_split(trained
         Detector.load(old).with_threshold(fpr=0.02)
     proc = _ssnf("calibrate", "--checkpoint", str(old))
     assert proc.returncode == 0, proc.stderr
-    again = Detector.load(old).threshold
-    assert again.image == pytest.approx(original["image"], rel=1e-5)
-    assert again.pixel == pytest.approx(original["pixel"], rel=1e-5)
+    again = load_checkpoint(old).model.thresholds
+    assert set(again) == set(original)
+    for precision, threshold in again.items():
+        assert threshold.image == pytest.approx(original[precision]["image"], rel=1e-5)
+        assert threshold.pixel == pytest.approx(original[precision]["pixel"], rel=1e-5)
     proc = _ssnf("calibrate", "--checkpoint", str(old), "--fpr", "0.2", "--threshold-method", "empirical")
     assert proc.returncode == 0 and "at 0.2 FPR (the empirical quantile of" in proc.stdout
+    assert load_checkpoint(old).config.threshold == ThresholdConfig(fpr=0.2, method="empirical")
 
 
 # -- export --------------------------------------------------------------------------------------------------
@@ -186,7 +192,21 @@ def test_export_matches_pytorch_for_every_block_kind(block, fmt, tmp_path):
 @pytest.mark.parametrize("kind", ["density", "fastflow", "z2"])
 def test_export_matches_pytorch_for_every_map_kind(kind, tmp_path):
     detector = _untrained("conv,attn", map=kind, image_score="max", smooth_sigma=2.0)
-    detector.export(tmp_path / "model.pt", "torchscript")
+    path = detector.export(tmp_path / "model.pt", "torchscript")
+    worst = check_parity(detector, path, atol=1e-4, rtol=1e-4)
+    assert worst["scores"] < 1e-4 and worst["maps"] < 1e-4
+
+
+def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    import ssnf.export
+
+    def mismatch(*args, **kwargs):
+        raise SSNFError("exported file: scores differ from PyTorch")
+
+    monkeypatch.setattr(ssnf.export, "check_parity", mismatch)
+    with pytest.raises(SSNFError, match="scores differ"):
+        _untrained("conv").export(tmp_path / "model.pt", "torchscript")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refuses_an_unknown_format(tmp_path):
@@ -239,7 +259,7 @@ def test_predict_on_a_folder_writes_maps_overlays_masks_and_one_table(trained, t
         assert decoded.min() == pytest.approx(row.map_min, abs=1e-6) and decoded.max() == pytest.approx(row.map_max)
         mask = np.asarray(Image.open(row["mask"])) > 0
         assert mask.mean() == pytest.approx(row.anomalous_fraction)
-    assert (out / "maps" / "cam2" / "grey1.png").is_file()  # outputs mirror the input tree
+    assert (out / "maps" / "cam2" / "grey1.png.png").is_file()  # outputs mirror the input tree, extensions kept
     run = json.loads((out / "run.json").read_text())
     assert run["ok"] == 5 and run["failed"] == 1 and run["threshold"]["n_normals"] == detector.threshold.n_normals
 
@@ -282,8 +302,14 @@ def test_predict_runs_an_exported_file_like_its_checkpoint(trained, tmp_path):
                      "--maps", "none", "--no-overlays", "--no-masks")
         assert proc.returncode == 0, proc.stderr
     ckpt, exported = (pd.read_parquet(tmp_path / n / "predictions.parquet") for n in ("ckpt", "onnx"))
-    # the checkpoint runs in its training precision (bf16 here), the exported file in float32
-    np.testing.assert_allclose(exported.score, ckpt.score, atol=0.05, rtol=0.05)
+    # the checkpoint runs in its training precision (bf16 here), the exported file in float32 with the thresholds
+    # calibrated on float32 scores
+    thresholds = load_checkpoint(path).model.thresholds
+    assert (ckpt.threshold == thresholds["bf16"].image).all() and (exported.threshold == thresholds["fp32"].image).all()
+    fp32 = Detector.load(path)
+    fp32.model.set_precision("fp32")
+    np.testing.assert_allclose(exported.score, fp32.predict(list(exported.path)).scores, atol=1e-4, rtol=1e-4)
+    assert (exported.verdict == np.where(exported.score > thresholds["fp32"].image, "anomalous", "normal")).all()
     assert json.loads((tmp_path / "onnx" / "run.json").read_text())["backend"] == "onnx"
 
 
@@ -315,4 +341,52 @@ def test_device_auto_falls_back_to_the_cpu_and_cuda_is_refused_where_absent(monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto", "checkpoint").type == "cpu" and pick_device("auto", "onnx").type == "cpu"
     with pytest.raises(SSNFError, match="--device cuda, but torch sees no CUDA device"):
+        pick_device("cuda", "checkpoint")
+    with pytest.raises(SSNFError, match="TorchScript file runs on the CPU"):
         pick_device("cuda", "torchscript")
+
+
+def test_predict_keeps_apart_same_named_files_and_reports_a_folder_of_failures(trained, tmp_path):
+    _, path, _, data_root = trained
+    folder = tmp_path / "same"
+    folder.mkdir()
+    image = Image.open(sorted((data_root / "washer" / "test" / "good").glob("*.png"))[0]).convert("L")
+    image.save(folder / "a.png")
+    image.save(folder / "a.jpg", quality=60)
+    deep = np.asarray(image, np.uint16) * 257  # the same grey levels in a 16-bit file
+    Image.fromarray(deep).save(folder / "a.tif")
+    out = tmp_path / "out"
+    proc = _ssnf("predict", "--checkpoint", str(path), str(folder), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(out / "predictions.parquet")
+    assert len(set(table["map"])) == 3 and (out / "maps" / "a.jpg.png").is_file()
+    scores = dict(zip(table.path.map(lambda p: p.rsplit(".", 1)[1]), table.score))
+    assert scores["png"] == pytest.approx(scores["tif"], abs=1e-6)  # 16-bit levels scaled as 8-bit ones
+    detector = Detector.load(path)
+    assert detector.predict([deep]).scores[0] == pytest.approx(scores["png"], abs=1e-6)
+    with pytest.raises(DataError, match=r"must be \[N, H, W, C\], got \(64, 64, 3\)"):
+        detector.predict(np.asarray(image.convert("RGB")))
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("x.png", "y.jpg"):
+        (broken / name).write_bytes(b"\x89PNG truncated")
+    proc = _ssnf("predict", "--checkpoint", str(path), str(broken), "--out", str(tmp_path / "b"), "--quiet")
+    assert proc.returncode == 1 and "0 images scored" in proc.stdout
+    table = pd.read_parquet(tmp_path / "b" / "predictions.parquet")
+    assert list(table.status) == ["failed", "failed"] and table.error.str.contains("cannot read image").all()
+
+
+def test_predict_does_not_read_its_own_output_and_evaluate_skips_a_foreign_scoring(trained, tmp_path):
+    cfg, path, result, data_root = trained
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for p in sorted((data_root / "washer" / "test" / "good").glob("*.png"))[:2]:
+        Image.open(p).save(folder / p.name)
+    for run in ("r1", "r2"):
+        proc = _ssnf("predict", "--checkpoint", str(path), str(folder), "--out", str(folder / run), "--quiet")
+        assert proc.returncode == 0 and "2 images scored" in proc.stdout, proc.stdout + proc.stderr
+    detector = Detector.load(path)
+    ev = evaluate(detector.model, with_overrides(cfg, scoring={"map": "z2", "image_map": "pixel",
+                                                             "image_score": "max"}), result.splits.test)
+    assert "threshold_fpr" not in ev.metrics and ev.threshold is None

@@ -29,14 +29,20 @@ def open_image(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+                im = Image.fromarray(to_uint8(np.asarray(im), sixteen_bit=im.mode.startswith("I;16")))
             return im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}".splitlines()[0]) from None
+
+
+def to_uint8(values: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
+    """8-bit grey levels of a 16-bit, 32-bit integer or float image: scaled from 0-65535 when it is 16-bit (or
+    exceeds 255), else taken as 0-255; how every such image, file or array, becomes ``uint8``."""
+    arr = np.asarray(values, dtype=np.float32)
+    hi = 65535.0 if sixteen_bit or arr.max(initial=0.0) > 255 else 255.0
+    return np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -27,8 +27,9 @@ class SSNFModel(nn.Module):
         # The scoring chosen on validation for the config's ``auto`` settings (``ssnf.scoring.choose``);
         # None until the model is validated.
         self.scoring: ScoringConfig | None = None
-        # The thresholds set on validation normals after training (``ssnf.threshold.Threshold``); None until then.
-        self.threshold = None
+        # The thresholds set on validation normals after training (``ssnf.threshold.Threshold``), one per
+        # arithmetic (train.precision, and fp32 for exported files): scores differ between them
+        self.thresholds: dict = {}
         stacks = parse_blocks(cfg.blocks, len(extractor.channels))
         seed_permutations(seed)
         torch.manual_seed(seed)
@@ -59,6 +60,18 @@ class SSNFModel(nn.Module):
         for flow, f in zip(self.flows, features):
             if flow.norm is not None:
                 flow.norm.fit(f)
+
+    @property
+    def threshold(self):
+        """The thresholds of the precision the model runs in now (None: not calibrated in it)."""
+        return self.thresholds.get(self.extractor.precision)
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if value is None:
+            self.thresholds.pop(self.extractor.precision, None)
+        else:
+            self.thresholds[value.precision] = value
 
     def set_precision(self, precision: str) -> "SSNFModel":
         """``fp32`` or ``bf16``: the arithmetic of the backbone and the coupling subnets (``train.precision``).

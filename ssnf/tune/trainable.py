@@ -125,7 +125,8 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
     try:
-        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data, slim_checkpoints=True)
+        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data, slim_checkpoints=True,
+              thresholds=False)
     except TrainingDiverged as exc:
         # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
         # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
