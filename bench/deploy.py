@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,17 @@ sys.path.insert(0, str(ROOT))
 BACKENDS = ("eager", "eager-fp32", "torchscript", "onnx")
 
 
+def memory() -> dict[str, float]:
+    """This process's resident memory now (``VmRSS``) and at its peak (``VmHWM``), MiB, from ``/proc``: unlike
+    ``ru_maxrss``, not inherited from the parent that forked it."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
 def worker(args: argparse.Namespace) -> None:
     """One backend at one batch size in this process: ms/image and peak memory, as JSON on stdout."""
     import torch
@@ -46,9 +56,9 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from ssnf.inference import Detector
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     path = Path(args.file)
     detector = Detector.load(path, batch_size=args.batch, threads=args.threads)
+    loaded = memory()["VmRSS"]
     if args.backend == "eager-fp32":
         detector.model.set_precision("fp32")
     images = np.load(args.images)
@@ -62,11 +72,11 @@ def worker(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         detector.run(batch)
         times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory()["VmHWM"]
     print(json.dumps({"backend": args.backend, "batch": args.batch, "threads": args.threads,
                       "ms_per_image": 1e3 * float(np.median(times)) / args.batch,
                       "ms_per_image_min": 1e3 * float(np.min(times)) / args.batch, "repeats": len(times),
-                      "first_call_s": warm, "peak_rss_mib": peak / 1024, "start_rss_mib": rss0 / 1024}))
+                      "first_call_s": warm, "peak_rss_mib": peak, "loaded_rss_mib": loaded}))
 
 
 def speed(checkpoint: Path, test_dir: Path, threads: int, tmp: Path) -> dict:
@@ -95,7 +105,7 @@ def speed(checkpoint: Path, test_dir: Path, threads: int, tmp: Path) -> dict:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"  {backend:<12} batch {batch:>2}: {row['ms_per_image']:7.1f} ms/image (min {row['ms_per_image_min']:.1f}, "
-                  f"{row['repeats']} runs), peak RSS {row['peak_rss_mib']:.0f} MiB")
+                  f"{row['repeats']} runs), resident {row['loaded_rss_mib']:.0f} MiB loaded, peak {row['peak_rss_mib']:.0f} MiB")
     out = tmp / "predict-run"
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ssnf", "predict", "--checkpoint", str(checkpoint), str(test_dir),
@@ -204,6 +214,41 @@ def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
     return result
 
 
+def resize_check(checkpoint: Path, data_root: Path | None, tmp: Path, count: int = 40) -> dict:
+    """An exported file fed the images at their own size (its in-graph torch resize) against the same file fed
+    images resized on the host as in training (PIL, what ``ssnf predict`` and ``Detector`` do)."""
+    import dataclasses
+
+    from ssnf.data.io import read_image
+    from ssnf.data.layouts import load_index
+    from ssnf.data.splits import make_splits
+    from ssnf.inference import Detector
+
+    detector = Detector.load(checkpoint)
+    cfg = detector.cfg
+    data = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root)
+    test = make_splits(load_index(data), data).test[:count]
+    onnx = tmp / f"{data.category}-resize.onnx"
+    detector.export(onnx, "onnx")
+    exported = Detector.load(onnx)
+    host, graph = [], []
+    for sample in test:
+        raw = read_image(sample.image)
+        host.append(exported.run(exported.prepare([raw]))[0][0])
+        graph.append(exported.run(raw[None])[0][0])
+    host, graph = np.array(host), np.array(graph)
+    cut = exported.threshold.image
+    result = {"category": data.category, "images": len(test), "size": list(read_image(test[0].image).shape[:2]),
+              "max_score_diff": float(np.abs(host - graph).max()),
+              "median_score_diff": float(np.median(np.abs(host - graph))),
+              "score_spread": float(np.std(host)), "verdicts_differ": int(((host > cut) != (graph > cut)).sum())}
+    print(f"  {data.category}: in-graph resize vs host (PIL) resize on {len(test)} test images "
+          f"({result['size'][1]}x{result['size'][0]}): scores differ by up to {result['max_score_diff']:.4f} "
+          f"(median {result['median_score_diff']:.4f}; the scores' spread {result['score_spread']:.4f}), "
+          f"{result['verdicts_differ']} verdicts differ")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="models")
@@ -212,6 +257,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results/issue21")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-thresholds", action="store_true")
+    parser.add_argument("--resize-check", action="store_true",
+                        help="only: exported files fed images at their own size vs resized on the host")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
@@ -228,6 +276,13 @@ def main() -> None:
     report: dict = {"machine": f"{os.cpu_count()} CPUs", "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.resize_check:
+            rows = [resize_check(models / c / "checkpoint.pt", Path(args.data_root) if args.data_root else None, tmp)
+                    for c in categories]
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "resize.json").write_text(json.dumps(rows, indent=2))
+            return print(f"wrote {out / 'resize.json'}")
         if not args.skip_speed:
             from ssnf.inference import Detector
 
@@ -237,12 +292,16 @@ def main() -> None:
             print(f"speed: {categories[0]} model ({cfg.backbone.name}, {cfg.data.image_size} px, "
                   f"{cfg.train.precision}), {args.threads} thread(s)")
             report["speed"] = {"category": categories[0], **speed(first, root / categories[0] / "test", args.threads, tmp)}
+        if args.skip_thresholds:
+            categories = []
         report["thresholds"] = [thresholds(models / c / "checkpoint.pt", Path(args.data_root) if args.data_root else None,
                                            tmp) for c in categories]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "deploy.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {out / 'deploy.json'}")
+    name = "deploy.json" if not (args.skip_speed or args.skip_thresholds) else \
+        ("speed.json" if args.skip_thresholds else "thresholds.json")
+    (out / name).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":
