@@ -237,7 +237,8 @@ def write_selection(selection: Selection, out: str | Path) -> list[Path]:
         tree = deployable(row)
         head = (f"# ssnf config for {row['category']}, chosen by `python -m analysis select`: trial {row['trial_id']} of "
                 f"experiment {row['experiment']}\n# {info['reason']}\n# train.threads and train.device are this machine's "
-                f"choice (auto), not the sweep trial's\n# train it: ssnf train --config {row['category']}.yaml\n")
+                f"choice (auto), not the sweep trial's\n# train it: ssnf train --config {row['category']}.yaml --out "
+                f"models/{row['category']}\n# (every category of this folder: make models BEST=<this folder>)\n")
         path = out / f"{row['category']}.yaml"
         with atomic_path(path) as tmp:
             tmp.write_text(head + yaml.safe_dump(tree, sort_keys=False))

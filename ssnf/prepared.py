@@ -54,11 +54,11 @@ class PreparedData:
 
 
 def check_splits(cfg: SSNFConfig, splits: Splits) -> None:
-    """The splits a training run of ``cfg`` needs: two validation images, and two training images to synthesize from."""
-    if len(splits.val) < 2:
+    """The splits a training run of ``cfg`` needs: validation images, and two training images to synthesize from."""
+    if not splits.val:
         raise DataError(
-            f"{len(splits.val)} validation images for {cfg.data.category}, at least 2 needed (validation and the "
-            "thresholds use held-out normal training images, never test images): raise data.val_fraction"
+            f"no validation images for {cfg.data.category}: set data.val_fraction > 0 "
+            "(validation uses held-out normal training images, never test images)"
         )
     if cfg.loss.weight > 0 and len(splits.train) < 2:
         raise DataError(f"synthesis needs at least 2 normal training images, {cfg.data.category} has {len(splits.train)}")

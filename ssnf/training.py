@@ -34,7 +34,7 @@ from ssnf.checkpoint import load_checkpoint, save_checkpoint
 from ssnf.config import LossConfig, SSNFConfig
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
-from ssnf.errors import ConfigError, SSNFError
+from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import extract, to_tensor
 from ssnf.inference import Detector
 from ssnf.loss import scheduled_weight, ssnf_loss
@@ -217,6 +217,10 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         data = prepare_data(cfg, model.extractor, splits, device)
     elif data.key != data_key(cfg):
         raise SSNFError("the prepared data were made for another data / backbone / seed / precision configuration")
+    normals = int((data.validation.labels == 0).sum())
+    if thresholds and normals < 2:  # before the first step, not after the last epoch
+        raise DataError(f"{normals} validation normal for {cfg.data.category}: the thresholds need at least 2 "
+                        "(raise data.val_fraction)")
     model.fit_norms([f.to(device) for f in data.train_features])
     batches = Batches(cfg, model, data, device)
     optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -390,3 +390,18 @@ def test_predict_does_not_read_its_own_output_and_evaluate_skips_a_foreign_scori
     ev = evaluate(detector.model, with_overrides(cfg, scoring={"map": "z2", "image_map": "pixel",
                                                              "image_score": "max"}), result.splits.test)
     assert "threshold_fpr" not in ev.metrics and ev.threshold is None
+
+
+def test_one_validation_normal_is_refused_before_training(trained, monkeypatch, tmp_path):
+    from ssnf.data.layouts import load_index
+    from ssnf.data.splits import make_splits
+
+    cfg = with_overrides(trained[0], data={"val_fraction": 0.05})
+    assert len(make_splits(load_index(cfg.data), cfg.data).val) == 1
+    monkeypatch.setenv("SSNF_CACHE_DIR", str(tmp_path / "cache"))
+    assert train(cfg, progress=False, thresholds=False).model.thresholds == {}  # a sweep trial needs none
+    steps = []
+    monkeypatch.setattr("ssnf.training.step_loss", lambda *a, **k: steps.append(1))
+    with pytest.raises(DataError, match="1 validation normal for washer: the thresholds need at least 2"):
+        train(cfg, progress=False)
+    assert not steps

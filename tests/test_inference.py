@@ -71,7 +71,7 @@ def test_detector_takes_grey_and_rgba_and_refuses_what_is_not_an_image(trained):
     expected = detector.predict([rgb]).scores
     for image in (grey, grey[:, :, None], rgba):
         np.testing.assert_array_equal(detector.predict([image]).scores, expected)
-    with pytest.raises(DataError, match=r"expected a uint8 image \[H, W, 3\] \(RGB\).*got float32 \(20, 30\)"):
+    with pytest.raises(DataError, match=r"expected a uint8 or uint16 image \[H, W, 3\] \(RGB\).*got float32 \(20, 30\)"):
         detector.predict([np.zeros((20, 30), np.float32)])
 
 

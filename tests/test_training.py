@@ -185,7 +185,7 @@ def test_nan_loss_stops_with_a_reason(tiny, monkeypatch):
     ({"backbone": {"name": "resnet_nope"}}, BackboneError, "unknown backbone 'resnet_nope'"),
     ({"model": {"blocks": "conv,lstm"}}, ConfigError, "unknown block 'lstm'"),
     ({"model": {"heads": 3}}, ConfigError, "model.heads=3 does not divide model.hidden=16"),
-    ({"data": {"val_fraction": 0.0}}, DataError, "0 validation images for .*, at least 2 needed"),
+    ({"data": {"val_fraction": 0.0}}, DataError, "no validation images"),
     ({"data": {"few_shot": 1}}, DataError, "at least 2 normal training images"),
     ({"data": {"image_size": 72}}, ConfigError, "not divisible by backbone stride 16"),
 ])
