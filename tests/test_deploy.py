@@ -15,7 +15,6 @@ from PIL import Image
 
 from ssnf.checkpoint import load_checkpoint
 from ssnf.config import SSNFConfig, ThresholdConfig, to_dict, with_overrides
-from ssnf.data.demo import DemoSpec, ensure_demo
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.evaluate import evaluate
 from ssnf.export import check_parity, example_images
@@ -25,6 +24,7 @@ from ssnf.predict import read_map_png16
 from ssnf.threshold import (MIN_EXCEEDANCES, Threshold, f1_threshold, fit_threshold, gumbel_quantile,
                             image_threshold, pixel_from_tail, pixel_tail)
 from ssnf.training import train
+from tests.helpers.tiny import train_tiny
 
 
 def _ssnf(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -88,20 +88,9 @@ def test_threshold_rereads_at_another_rate_and_round_trips():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny detector trained for one epoch on the demo washers: (config, checkpoint path, result, data root)."""
+    """A tiny trained detector: (config, checkpoint path, result, data root)."""
     root = tmp_path_factory.mktemp("deploy")
-    ensure_demo(root / "data", ("washer",), DemoSpec(size=64, n_train=16, n_test_good=4, n_per_defect=2, seed=0))
-    cfg = with_overrides(
-        SSNFConfig(),
-        data={"root": str(root / "data"), "category": "washer", "image_size": 64, "val_fraction": 0.25},
-        backbone={"pretrained": False},
-        model={"hidden": 16, "couplings": 2, "heads": 2},
-        train={"epochs": 1, "batch_size": 4},
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SSNF_CACHE_DIR", str(root / "cache"))
-        result = train(cfg, out_dir=root / "run", progress=False)
-    return cfg, root / "run" / "checkpoint.pt", result, root / "data"
+    return (*train_tiny(root, n_train=16, n_test_good=4), root / "data")
 
 
 def test_training_sets_the_threshold_on_validation_normals_and_test_reports_it(trained):

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from ssnf.checkpoint import load_checkpoint
-from ssnf.config import SSNFConfig, with_overrides
-from ssnf.data.demo import DemoSpec, ensure_demo
+from ssnf.config import with_overrides
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.evaluate import evaluate
 from ssnf.features import FeatureCache, load_images
@@ -21,24 +20,13 @@ from ssnf.model.subnets import SubnetSpec
 from ssnf.prepared import data_key
 from ssnf.registry import Registry
 from ssnf.training import prepare, train
+from tests.helpers.tiny import train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny detector trained for one epoch on the demo washers, saved; (config, checkpoint path)."""
-    root = tmp_path_factory.mktemp("inference")
-    ensure_demo(root / "data", ("washer",), DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0))
-    cfg = with_overrides(
-        SSNFConfig(),
-        data={"root": str(root / "data"), "category": "washer", "image_size": 64, "val_fraction": 0.25},
-        backbone={"pretrained": False},
-        model={"hidden": 16, "couplings": 2, "heads": 2},
-        train={"epochs": 1, "batch_size": 4},
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SSNF_CACHE_DIR", str(root / "cache"))
-        result = train(cfg, out_dir=root / "run", progress=False)
-    return cfg, root / "run" / "checkpoint.pt", result
+    """A tiny detector trained for one epoch on the demo washers, saved; (config, checkpoint path, result)."""
+    return train_tiny(tmp_path_factory.mktemp("inference"))
 
 
 def test_detector_on_files_arrays_and_evaluate_agree(trained, tmp_path):
