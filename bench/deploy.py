@@ -144,6 +144,9 @@ def half_splits(base, rounds: int = 500, seed: int = 0) -> list[dict]:
     from ssnf.threshold import image_threshold
 
     scores = np.asarray(base.normal_scores)
+    if len(scores) < 4:
+        print(f"  validation half-splits: {len(scores)} normals, too few to split")
+        return []
     rng = np.random.default_rng(seed)
     rows = []
     for fpr in (0.01, 0.05):

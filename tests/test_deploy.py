@@ -54,7 +54,8 @@ def test_auto_reads_the_sample_quantile_once_enough_normals_lie_beyond_it():
     rng = np.random.default_rng(1)
     normals = rng.normal(0, 1, int(MIN_EXCEEDANCES / 0.05))
     value, used = image_threshold(normals, np.zeros(0), ThresholdConfig(fpr=0.05))
-    assert used == "empirical" and (normals > value).mean() <= 0.05
+    assert used == "empirical" and value == np.quantile(normals, 0.95, method="higher")
+    assert (normals > value).mean() <= 0.05 < (normals >= value).mean() + 1 / len(normals)  # the lowest such value
     assert gumbel_quantile(rng.gumbel(2.0, 0.5, 200_000), 0.99) == pytest.approx(2.0 - 0.5 * np.log(-np.log(0.99)),
                                                                                   rel=0.01)
 
@@ -318,6 +319,9 @@ def test_predict_refuses_bad_models_and_empty_inputs_in_one_line(trained, tmp_pa
         ((str(tmp_path / "random.onnx"), images), "random.onnx"),
         ((str(path), str(tmp_path / "nowhere")), "does not exist"),
     ]
+    (tmp_path / "taken").write_text("a file where the output folder would go")
+    proc = _ssnf("predict", "--checkpoint", str(path), images, "--out", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
     for (model, inputs), message in cases:
         proc = _ssnf("predict", "--checkpoint", model, inputs, "--out", str(tmp_path / "o"))
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
