@@ -398,3 +398,31 @@ def test_one_validation_normal_is_refused_before_training(trained, monkeypatch, 
     with pytest.raises(DataError, match="1 validation normal for washer: the thresholds need at least 2"):
         train(cfg, progress=False)
     assert not steps
+
+
+def test_make_models_trains_every_selected_category_then_predict_by_category(trained, tmp_path):
+    """Item 5 of the deployment: best/<category>.yaml -> make models -> ssnf predict --models --category."""
+    import shutil
+
+    import yaml
+
+    cfg, _, _, data_root = trained
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "washer.yaml").write_text("# chosen by analysis select\n" + yaml.safe_dump(to_dict(cfg)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on this machine")
+    env = {**os.environ, "SSNF_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([make, "-s", "-C", repo, "models", f"BEST={best}", f"MODELS={tmp_path / 'models'}",
+                           f"VENV={os.path.dirname(os.path.dirname(sys.executable))}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "models" / "washer" / "checkpoint.pt").is_file()
+    proc = _ssnf("predict", "--models", str(tmp_path / "models"), "--category", "washer",
+                 str(data_root / "washer" / "test" / "good"), "--out", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0 and "images scored" in proc.stdout, proc.stderr
+    proc = subprocess.run([make, "-s", "-C", repo, "models", f"BEST={tmp_path / 'none'}"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "no " in proc.stderr and "analysis select" in proc.stderr
