@@ -93,17 +93,24 @@ class Detector:
 
     def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
                  batch_size: int = 32) -> None:
-        self.cfg = cfg
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(device).eval()
         self.model.set_precision(cfg.train.precision)
-        self.scoring: ScoringConfig = resolve(cfg.scoring, model.scoring)
-        self.path = InferencePath(self.model, self.scoring, cfg.data.image_size)
+        scoring = resolve(cfg.scoring, model.scoring)
+        self.path = InferencePath(self.model, scoring, cfg.data.image_size)
+        self._setup(cfg, scoring, device, batch_size, "pytorch", model.threshold, self._run_eager)
+
+    def _setup(self, cfg: SSNFConfig, scoring: ScoringConfig, device: torch.device, batch_size: int, backend: str,
+               threshold: Threshold | None, run) -> None:
+        """What every detector has, whichever backend runs it (``run``: a prepared batch -> scores, maps)."""
+        self.cfg = cfg
+        self.scoring: ScoringConfig = scoring
+        self.device = device
         self.batch_size = batch_size
-        self.backend = "pytorch"
+        self.backend = backend
         self.source: Path | None = None
-        self._threshold: Threshold | None = model.threshold
-        self._run = self._run_eager
+        self._threshold = threshold
+        self._run = run
 
     @property
     def threshold(self) -> Threshold | None:
@@ -402,22 +409,18 @@ def _jit_load(path: Path, device, extra: dict | None = None):
 
 def _exported(path: Path, kind: str, device, batch_size: int, threads: int) -> Detector:
     meta = read_metadata(path, kind)
-    detector = Detector.__new__(Detector)
-    detector.cfg = from_dict(SSNFConfig, meta["config"])
-    detector.scoring = from_dict(ScoringConfig, meta["scoring"], "scoring.")
-    detector.device = torch.device(device)
-    detector.model = None
-    detector.path = None
-    detector.batch_size = batch_size
-    detector.backend = kind
-    detector.source = path
-    detector._threshold = Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None
+    device = torch.device(device)
     if kind == "torchscript":
         try:
-            module = _jit_load(path, detector.device)
+            module = _jit_load(path, device)
         except Exception as exc:
             raise SSNFError(f"cannot load {path} as TorchScript: {exc}".splitlines()[0]) from None
-        detector._run = _TorchScriptRunner(module.eval(), detector.device)
+        run = _TorchScriptRunner(module.eval(), device)
     else:
-        detector._run = _OnnxRunner(onnx_session(path, device, threads))
+        run = _OnnxRunner(onnx_session(path, device, threads))
+    detector = Detector.__new__(Detector)  # no PyTorch model behind it: only what every detector has
+    detector.model, detector.path = None, None
+    detector._setup(from_dict(SSNFConfig, meta["config"]), from_dict(ScoringConfig, meta["scoring"], "scoring."),
+                    device, batch_size, kind, Threshold.from_dict(meta["threshold"]) if meta.get("threshold") else None,
+                    run)
     return detector
