@@ -1,7 +1,8 @@
 """Saving and loading a trained detector: one file, safe to load (``weights_only``), self-contained.
 
 The file holds the resolved config (nested plain values), the flows, the frozen backbone's weights
-(so loading needs neither the weight cache nor a hub), the scoring chosen on validation, the thresholds set on
+(so loading needs neither the weight cache nor a hub), the memory bank (``bank.enabled``: its entries and the
+fused maps' standardisation), the scoring chosen on validation, the thresholds set on
 validation normals after the last epoch (``ssnf.threshold``), and, for resuming, the optimizer state, the
 epoch and the history.
 
@@ -24,6 +25,7 @@ from ssnf.config import ScoringConfig, SSNFConfig, ThresholdConfig, from_dict, t
 from ssnf.errors import SSNFError
 from ssnf.features import extractor_fingerprint
 from ssnf.files import atomic_path
+from ssnf.model.bank import MemoryBank
 from ssnf.model.detector import SSNFModel
 from ssnf.threshold import Threshold
 
@@ -58,6 +60,7 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
         "extra": extra or {},
         "scoring": to_dict(model.scoring) if model.scoring is not None else None,
         "thresholds": {k: t.to_dict() for k, t in model.thresholds.items()},
+        "bank": model.bank.state() if model.bank is not None else None,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -133,6 +136,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
     except RuntimeError as exc:
         raise SSNFError(f"checkpoint {path} was written by another ssnf version: its flows do not match this "
                         f"model ({str(exc).splitlines()[0]})") from None
+    if payload.get("bank") is not None:
+        model.bank = MemoryBank.from_state(payload["bank"])
     if payload.get("scoring") is not None:
         model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")
     model.thresholds = {k: Threshold.from_dict(t) for k, t in (payload.get("thresholds") or {}).items()}

@@ -20,6 +20,8 @@ T = TypeVar("T")
 LAYOUTS = ("auto", "mvtec", "btad", "dagm", "folder")
 PRECISIONS = ("fp32", "bf16")
 REFERENCES = ("standard", "graded")  # the validation recipes of ssnf/synthesis/reference.py (reference_anomaly)
+NUISANCES = ("none", "photometric", "full")  # the validation nuisance recipes of ssnf/synthesis/nuisance.py
+AUGMENTS = ("none", "photometric", "geometric", "full")  # training augmentation families (ssnf/synthesis/nuisance.py)
 
 
 @dataclass
@@ -37,6 +39,11 @@ class DataConfig:
     # graded: subtle / moderate / clear defects whose contrast is drawn in units of each image's noise level and
     # whose size shrinks with the grade: harder, so that validation still ranks configs where standard saturates
     reference: str = "standard"
+    # held-out normals under nuisance transforms that a good part never stops being (ssnf/synthesis/nuisance.py),
+    # scored as normals beside the clean ones: a config that flags a change of lighting or a small shift scores
+    # lower. none | photometric (brightness, contrast, gamma, colour temperature, blur, noise) | full
+    # (photometric + a small translation / rotation / scale); magnitudes measured from the training images' spread
+    nuisance: str = "none"
     # "folder" layout only: folders under <root>/<category> (absolute paths also work).
     normal_dir: str = "good"
     abnormal_dir: str = "defect"
@@ -49,6 +56,8 @@ class DataConfig:
             raise ConfigError(f"data.layout={self.layout!r} is not one of {', '.join(LAYOUTS)}")
         if self.reference not in REFERENCES:
             raise ConfigError(f"data.reference={self.reference!r} is not one of {', '.join(REFERENCES)}")
+        if self.nuisance not in NUISANCES:
+            raise ConfigError(f"data.nuisance={self.nuisance!r} is not one of {', '.join(NUISANCES)}")
         if self.image_size < 32:
             raise ConfigError(f"data.image_size={self.image_size} is too small (32 pixels at least)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -163,7 +172,12 @@ class LossConfig:
             raise ConfigError(f"loss.anchor_tol={self.anchor_tol} must lie in (0, 1)")
 
 
-MAP_KINDS = ("density", "fastflow", "z2", "nll")
+FLOW_KINDS = ("density", "fastflow", "z2", "nll")  # maps of the flows' outputs
+# maps of the memory bank (``bank.enabled``): knn = the distance of each patch to its nearest training patch;
+# fusedNN = NN % of the flows' nll map + the rest of the knn map, each standardised on validation normals
+FUSED_WEIGHTS = {"fused25": 0.25, "fused50": 0.5, "fused75": 0.75}
+BANK_KINDS = ("knn", *FUSED_WEIGHTS)
+MAP_KINDS = (*FLOW_KINDS, *BANK_KINDS)
 IMAGE_SCORES = ("max", "topk")
 AUTO = "auto"
 
@@ -179,7 +193,10 @@ class ScoringConfig:
     The choice is kept with the model (``SSNFModel.scoring``) and saved in its checkpoint.
     """
 
-    map: str = AUTO  # the pixel map: auto | density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll
+    # the pixel map: auto | density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll; with a memory bank
+    # (bank.enabled) also knn (PatchCore's nearest-neighbour distance) | fused25 | fused50 | fused75 (the nll and
+    # knn maps standardised on validation normals and mixed with 25 / 50 / 75 % on the flow)
+    map: str = AUTO
     image_map: str = AUTO  # the map the image score is taken from: auto | pixel (the same as map) | a map kind
     image_score: str = AUTO  # auto | max | topk
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
@@ -246,6 +263,13 @@ class TrainConfig:
     # False: the backbone runs on every normal batch at every step (the slow baseline)
     feature_noise: float = 0.0  # Gaussian noise added to the flows' training inputs, in units of each channel's
     # standard deviation over the training features (0: none); regularises the density where features barely vary
+    # photometric / geometric augmentation of the normal training images (ssnf/synthesis/nuisance.py, the same
+    # families as validation's nuisance normals, drawn from training's own random stream on training images):
+    # none | photometric | geometric | full. An augmented image's features are computed by the backbone at that
+    # step (the cached features are those of the unaugmented images); the synthetic half is made from it too
+    augment: str = "none"
+    augment_p: float = 0.5  # share of a batch's normal images augmented (each image with this probability)
+    augment_strength: float = 1.0  # the category's measured nuisance magnitudes are scaled by this
     threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda
     # fp32 | bf16: arithmetic of the backbone and the coupling subnets, in training, validation and inference
@@ -263,6 +287,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr} must be positive")
         if not 0.0 <= self.feature_noise < 10.0:
             raise ConfigError(f"train.feature_noise={self.feature_noise} must lie in [0, 10)")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"train.augment={self.augment!r} is not one of {', '.join(AUGMENTS)}")
+        if not 0.0 < self.augment_p <= 1.0 or not 0.0 < self.augment_strength <= 3.0:
+            raise ConfigError(f"train.augment_p={self.augment_p} must lie in (0, 1] and train.augment_strength="
+                              f"{self.augment_strength} in (0, 3]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
         if self.precision not in PRECISIONS:
@@ -314,6 +343,34 @@ class SynthesisConfig:
 
 
 @dataclass
+class BankConfig:
+    """A memory bank of training patch features (PatchCore's score on the flows' own cached features).
+
+    ``enabled``: the model keeps a coreset of its training images' patch features (each position's features
+    averaged over a ``neighbourhood`` x ``neighbourhood`` window, the coarser scales upsampled onto the finest
+    grid and concatenated); the ``knn`` map is a position's distance to its nearest bank entry, and the ``fused*``
+    maps mix it with the flows' ``nll`` map. With ``scoring.*`` at ``auto``, validation chooses among the flow,
+    bank and fused maps. The coreset (greedy k-centre on a random projection) is built once per extractor
+    setting: a sweep shares it between its trials like the features."""
+
+    enabled: bool = False
+    coreset: float = 0.1  # share of the training positions kept
+    max_entries: int = 16384  # at most this many entries (inference cost grows with them)
+    neighbourhood: int = 3  # patch: features averaged over this many positions a side (odd)
+    projection: int = 128  # dimensions of the random projection the coreset is chosen in (0: none)
+
+    def validate(self) -> None:
+        if not 0.0 < self.coreset <= 1.0:
+            raise ConfigError(f"bank.coreset={self.coreset} must lie in (0, 1]")
+        if self.max_entries < 1:
+            raise ConfigError(f"bank.max_entries={self.max_entries} must be at least 1")
+        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+            raise ConfigError(f"bank.neighbourhood={self.neighbourhood} must be a positive odd number")
+        if self.projection < 0:
+            raise ConfigError(f"bank.projection={self.projection} must be 0 (none) or a number of dimensions")
+
+
+@dataclass
 class SSNFConfig:
     """The whole tree: what a trial runs with, what a checkpoint stores, what Parquet flattens."""
 
@@ -325,6 +382,7 @@ class SSNFConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -333,6 +391,9 @@ class SSNFConfig:
         if gated and self.train.batch_size < 2:
             raise ConfigError(f"loss.gate='novel' compares normal images of a batch with each other: "
                               f"train.batch_size={self.train.batch_size} must be at least 2")
+        fixed = [k for k in (self.scoring.map, self.scoring.image_map) if k in BANK_KINDS]
+        if fixed and not self.bank.enabled:
+            raise ConfigError(f"scoring map {fixed[0]!r} needs the memory bank: set bank.enabled=true")
         if self.loss.weight > 0 and self.loss.anchor != "none" and self.synthesis.pool_size:
             raise ConfigError(f"loss.anchor={self.loss.anchor!r} holds a synthetic image to its original, which a "
                               f"pool (synthesis.pool_size={self.synthesis.pool_size}) does not keep: "

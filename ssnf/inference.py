@@ -38,7 +38,7 @@ from ssnf.data.io import open_image, to_uint8
 from ssnf.errors import DataError, SSNFError
 from ssnf.model.detector import SSNFModel
 from ssnf.prepared import ValidationSet
-from ssnf.scoring import resolve, score
+from ssnf.scoring import Sources, needs, resolve, resolved_kinds, score
 from ssnf.threshold import Threshold, fit_threshold
 
 METADATA_KEY = "ssnf"  # exported files: the JSON of ``Detector.metadata()`` under this key
@@ -46,13 +46,18 @@ EXPORT_FORMAT = "ssnf-export/1"
 
 
 class InferencePath(nn.Module):
-    """``uint8 [B, H, W, 3] -> (scores [B], maps [B, S, S])``: resize, normalise, backbone, flows, scoring."""
+    """``uint8 [B, H, W, 3] -> (scores [B], maps [B, S, S])``: resize, normalise, backbone, flows and / or memory
+    bank (what the resolved scoring's maps need), scoring."""
 
     def __init__(self, model: SSNFModel, scoring: ScoringConfig, size: int) -> None:
         super().__init__()
         self.model = model
         self.scoring = scoring
         self.size = int(size)
+        self.flows, self.bank = needs(resolved_kinds(scoring))
+        if self.bank and model.bank is None:
+            raise SSNFError(f"the scoring uses the memory bank ({', '.join(resolved_kinds(scoring))}) and this model "
+                            "has none: train it with bank.enabled=true")
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).float() / 255.0
@@ -62,7 +67,10 @@ class InferencePath(nn.Module):
 
     def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The path after the backbone: flows and scoring of per-scale features."""
-        maps, scores = score(self.model.flow_features(features), self.scoring, (self.size, self.size))
+        bank = self.model.bank if self.bank else None
+        sources = Sources(self.model.flow_features(features) if self.flows else None,
+                          bank(features) if bank is not None else None, bank.fusion if bank is not None else None)
+        maps, scores = score(sources, self.scoring, (self.size, self.size))
         return scores.float(), maps.float()
 
 
@@ -220,12 +228,13 @@ class Detector:
         if validation.images is None:
             raise SSNFError("this validation set keeps no images (a subset): build it with prepared.build_validation")
         cfg = cfg or self.cfg.threshold
-        normal = np.asarray(validation.labels) == 0
+        normal = validation.clean_normals  # the nuisance normals are not the line as it was: they are measured apart
+        anomalous = np.asarray(validation.labels) == 1
         own = self.cfg.train.precision
         for precision in dict.fromkeys((own, "fp32")):
             self.model.set_precision(precision)
             prediction = self.predict(validation.images)
-            self.model.threshold = fit_threshold(prediction.scores[normal], prediction.scores[~normal],
+            self.model.threshold = fit_threshold(prediction.scores[normal], prediction.scores[anomalous],
                                                  prediction.maps[normal], cfg, precision, to_dict(self.scoring))
         self.model.set_precision(own)
         self._threshold = self.model.threshold

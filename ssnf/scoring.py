@@ -5,9 +5,15 @@ Per scale, a map over positions (``scoring.map``):
 - ``fastflow``: ``-exp(-mean_c z_c^2 / 2)``;
 - ``z2``: ``mean_c z_c^2 / 2``;
 - ``nll``: the full NLL per dimension at that position, Jacobian included.
+With a memory bank (``bank.enabled``, ``ssnf.model.bank``), per position of the finest scale:
+- ``knn``: the distance of the position's patch feature to its nearest training patch (PatchCore's score);
+- ``fused25`` / ``fused50`` / ``fused75``: ``w * (nll - mean) / std + (1 - w) * (knn - mean) / std`` with
+  ``w`` = 0.25 / 0.5 / 0.75 and each map standardised over the validation normals' pixels (``fusion_stats``,
+  kept in the bank), at the input size.
 Maps are upsampled (bilinear) to the input size, averaged over scales, optionally smoothed with a
 Gaussian; the image score is the maximum or the mean of the top ``topk`` share of a map, possibly of
-another kind than the pixel map (``scoring.image_map``).
+another kind than the pixel map (``scoring.image_map``). A map is computed from ``Sources``: the flows'
+outputs and / or the bank's distances, whichever the kinds need (``needs``).
 
 ``auto`` settings are chosen on validation by ``choose``: every candidate map is computed once from the
 same flow outputs. The pixel map starts as ``nll`` (the flow's own likelihood, the only map that keeps the
@@ -23,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssnf.config import AUTO, IMAGE_SCORES, MAP_KINDS, ScoringConfig
+from ssnf.config import AUTO, BANK_KINDS, FLOW_KINDS, FUSED_WEIGHTS, IMAGE_SCORES, MAP_KINDS, ScoringConfig
 from ssnf.errors import ConfigError
 from ssnf.loss import FlowOutputs
 from ssnf.metrics import image_auroc, pixel_auroc
@@ -37,6 +44,36 @@ from ssnf.metrics import image_auroc, pixel_auroc
 PRIOR_MAP = "nll"  # the pixel map kept unless validation is confidently better with another
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 20230618  # a fixed stream of its own: choosing draws nothing from training's streams
+
+
+@dataclass
+class Sources:
+    """What maps are computed from: the flows' outputs, the bank's ``knn`` distances ``[B, h, w]`` and the fused
+    maps' standardisation ``fusion`` (``[4]``: nll mean, std, knn mean, std); None where not needed."""
+
+    outputs: FlowOutputs | None = None
+    knn: torch.Tensor | None = None
+    fusion: torch.Tensor | None = None
+
+
+def needs(kinds) -> tuple[bool, bool]:
+    """Whether maps of ``kinds`` need the flows, and whether they need the bank."""
+    kinds = set(kinds)
+    return bool(kinds & {*FLOW_KINDS, *FUSED_WEIGHTS}), bool(kinds & set(BANK_KINDS))
+
+
+def fusion_stats(nll: torch.Tensor, knn: torch.Tensor) -> torch.Tensor:
+    """``[4]``: mean and standard deviation of the ``nll`` and of the ``knn`` maps' pixels (validation normals)."""
+    stats = []
+    for m in (nll, knn):
+        m = m.double()
+        stats += [float(m.mean()), max(float(m.std()), 1e-8)]
+    return torch.tensor(stats, dtype=torch.float32)
+
+
+def fuse(nll: torch.Tensor, knn: torch.Tensor, stats: torch.Tensor, weight: float) -> torch.Tensor:
+    """The fused map: ``weight`` of the standardised ``nll`` map plus the rest of the standardised ``knn`` map."""
+    return weight * (nll - stats[0]) / stats[1] + (1.0 - weight) * (knn - stats[2]) / stats[3]
 
 
 def position_maps(outputs: FlowOutputs, kind: str) -> list[torch.Tensor]:
@@ -78,16 +115,28 @@ def _blur_matrix(n: int, kernel: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.zeros(n, n, dtype=kernel.dtype, device=kernel.device).scatter_add_(1, source, kernel.expand(n, -1))
 
 
-def anomaly_maps(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int],
+def anomaly_maps(sources: Sources | FlowOutputs, cfg: ScoringConfig, size: tuple[int, int],
                  kind: str | None = None) -> torch.Tensor:
-    """``[B, H, W]`` anomaly maps of ``kind`` (default: ``cfg.map``) at the input size."""
+    """``[B, H, W]`` anomaly maps of ``kind`` (default: ``cfg.map``) at the input size, from ``sources`` (or the
+    flows' outputs alone)."""
+    src = sources if isinstance(sources, Sources) else Sources(sources)
     kind = kind or cfg.map
     if kind not in MAP_KINDS:
         raise ConfigError(f"scoring.map={kind!r} must be resolved to one of {', '.join(MAP_KINDS)} before scoring")
-    per_scale = [
-        F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        for m in position_maps(outputs, kind)
-    ]
+    if kind in FUSED_WEIGHTS:
+        if src.fusion is None:
+            raise ConfigError(f"scoring map {kind!r} needs the bank's fusion statistics (set on validation)")
+        return fuse(anomaly_maps(src, cfg, size, "nll"), anomaly_maps(src, cfg, size, "knn"), src.fusion,
+                    FUSED_WEIGHTS[kind])
+    if kind == "knn":
+        if src.knn is None:
+            raise ConfigError("scoring map 'knn' needs the memory bank: this model has none (bank.enabled)")
+        positions = [src.knn]
+    else:
+        if src.outputs is None:
+            raise ConfigError(f"scoring map {kind!r} needs the flows' outputs")
+        positions = position_maps(src.outputs, kind)
+    per_scale = [F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in positions]
     maps = torch.stack(per_scale).mean(dim=0)
     if cfg.smooth_sigma > 0:
         maps = gaussian_blur(maps, cfg.smooth_sigma)
@@ -126,21 +175,29 @@ def resolve(cfg: ScoringConfig, chosen: ScoringConfig | None) -> ScoringConfig:
     )
 
 
-def score(outputs: FlowOutputs, cfg: ScoringConfig, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def score(sources: Sources | FlowOutputs, cfg: ScoringConfig,
+          size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel maps ``[B, H, W]`` and image scores ``[B]`` under a resolved ``cfg``."""
-    maps = anomaly_maps(outputs, cfg, size)
+    maps = anomaly_maps(sources, cfg, size)
     kind = image_map_kind(cfg)
-    source = maps if kind == cfg.map else anomaly_maps(outputs, cfg, size, kind)
+    source = maps if kind == cfg.map else anomaly_maps(sources, cfg, size, kind)
     return maps, image_scores(source, cfg)
 
 
-def candidates(cfg: ScoringConfig) -> tuple[list[str], list[tuple[str, str]]]:
-    """The pixel map kinds and the (image map kind, reducer) pairs that ``cfg`` leaves open, prior first.
+def resolved_kinds(cfg: ScoringConfig) -> tuple[str, str]:
+    """The pixel map's kind and the image score's map kind of a resolved ``cfg``."""
+    return cfg.map, image_map_kind(cfg)
+
+
+def candidates(cfg: ScoringConfig, bank: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """The pixel map kinds and the (image map kind, reducer) pairs that ``cfg`` leaves open, prior first;
+    ``bank``: the model has a memory bank (its kinds are candidates too).
 
     An image pair's kind is ``"pixel"`` when it follows whatever pixel map is chosen."""
-    pixel = [PRIOR_MAP, *(k for k in MAP_KINDS if k != PRIOR_MAP)] if cfg.map == AUTO else [cfg.map]
+    open_kinds = MAP_KINDS if bank else FLOW_KINDS
+    pixel = [PRIOR_MAP, *(k for k in open_kinds if k != PRIOR_MAP)] if cfg.map == AUTO else [cfg.map]
     if cfg.image_map == AUTO:
-        kinds = list(MAP_KINDS)
+        kinds = list(open_kinds)
     elif cfg.image_map == "pixel":
         kinds = ["pixel"]
     else:
@@ -200,14 +257,14 @@ def _pixel_map(pix: dict[str, float], maps: dict[str, torch.Tensor], masks: np.n
 
 
 def choose(maps: dict[str, torch.Tensor], labels: np.ndarray, masks: np.ndarray,
-           cfg: ScoringConfig) -> tuple[ScoringConfig, dict]:
+           cfg: ScoringConfig, bank: bool = False) -> tuple[ScoringConfig, dict]:
     """Resolve ``cfg``'s ``auto`` settings on validation maps (``maps[kind]``: ``[N, H, W]``).
 
     Returns the resolved config and the metrics: ``val_pixel_auroc`` / ``val_image_auroc`` of the chosen
     settings, under ``candidates`` those of every candidate, and under ``switch`` the share of bootstrap
     rounds in which the best pixel map beat the prior (1.0 when the prior is the best)."""
     labels = np.asarray(labels)
-    pixel_kinds, image_pairs = candidates(cfg)
+    pixel_kinds, image_pairs = candidates(cfg, bank)
     pix = {k: pixel_auroc(masks, maps[k].numpy()) for k in pixel_kinds}
     best_pixel, pixel_won = _pixel_map(pix, maps, masks, labels, cfg.switch_confidence)
     img = {}

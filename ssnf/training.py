@@ -4,12 +4,15 @@
 shapes, the splits), takes the data prepared once (``ssnf.prepared``: cached backbone features of the
 normal training images, the validation set), then runs epochs. A step:
 
-1. a batch of normal training images' features (``Batches.normal``);
+1. a batch of normal training images' features (``Batches.normal``; with ``train.augment``, some of the images
+   under a nuisance transform, ``ssnf.synthesis.nuisance``, and their features from the backbone);
 2. as many synthetic anomalies made from the same images, through the backbone (``Batches.synthetic``),
    with the positions the loss pushes and holds (``ssnf.synthesis.positions``);
 3. one flow pass over both halves, ``ssnf.loss.ssnf_loss``, backward, clip, Adam.
 
-After each epoch it validates (``ssnf.validation``), reports through ``callback`` and writes a checkpoint
+With ``bank.enabled`` the model keeps a memory bank of the training features (``ssnf.model.bank``: built here
+before the first step, or given by a sweep that shares it); it does not train. After each epoch it validates
+(``ssnf.validation``), reports through ``callback`` and writes a checkpoint
 that ``resume`` continues exactly (per-epoch random streams); after the last, the thresholds are set on the
 validation normals (``Detector.calibrate``, ``ssnf.threshold``). Test images are not touched here.
 """
@@ -38,9 +41,11 @@ from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import extract, to_tensor
 from ssnf.inference import Detector
 from ssnf.loss import scheduled_weight, ssnf_loss
+from ssnf.model.bank import MemoryBank, build_bank, memory_available
 from ssnf.model.detector import SSNFModel
 from ssnf.model.subnets import parse_blocks
 from ssnf.prepared import PreparedData, check_splits, data_key, prepare_data
+from ssnf.synthesis.nuisance import augment_batch
 from ssnf.synthesis.patches import synthetic_batch
 from ssnf.synthesis.positions import anchor_positions, gate_positions
 from ssnf.validation import validate
@@ -146,7 +151,9 @@ class Batches:
             idx = rng.integers(len(self.images), size=synthesis.pool_size)
             pool_images, self.pool_masks = synthetic_batch(self.images, idx, rng, synthesis, self.regions)
             self.pool_feats = extract(model.extractor, pool_images, device=device)
-        self.timings = {"synthesis_s": 0.0, "backbone_s": 0.0, "gate_s": 0.0}
+        self.augment = cfg.train.augment if cfg.train.augment != "none" else None
+        self.ranges = data.ranges.scaled(cfg.train.augment_strength)
+        self.timings = {"synthesis_s": 0.0, "backbone_s": 0.0, "gate_s": 0.0, "augment_s": 0.0}
 
     def _timed(self, part: str, fn, *args):
         t = time.perf_counter()
@@ -155,25 +162,40 @@ class Batches:
         return out
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator) -> Batch:
+        images = None  # the batch's images when augmented (else self.images[idx])
         if self.feats is not None:
             normal = [f[idx].to(self.device) for f in self.feats]
         else:
             normal = self._timed("backbone_s", self.model.extractor, to_tensor(self.images[idx], self.device))
+        if self.augment is not None:
+            images, changed = self._timed("augment_s", augment_batch, self.images[idx],
+                                          np.random.default_rng(rng.integers(2**63)), self.ranges, self.augment,
+                                          self.cfg.train.augment_p)
+            if changed.any():  # the cached features are the unaugmented images': the changed ones go through the backbone
+                rows = torch.from_numpy(np.flatnonzero(changed)).to(self.device)
+                fresh = self._timed("backbone_s", self.model.extractor, to_tensor(images[changed], self.device))
+                normal = [n.index_copy(0, rows, f.to(n.dtype)) for n, f in zip(normal, fresh)]
         noise = [torch.randn_like(f) * s for f, s in zip(normal, self.noise_std)] if self.noise_std else None
         batch = Batch(normal, noise)
         if self.synthetic_on:
-            self._add_synthetic(batch, idx, rng)
+            self._add_synthetic(batch, idx, rng, images)
         return batch
 
-    def _add_synthetic(self, batch: Batch, idx: np.ndarray, rng: np.random.Generator) -> None:
+    def _add_synthetic(self, batch: Batch, idx: np.ndarray, rng: np.random.Generator,
+                       images: np.ndarray | None = None) -> None:
         loss = self.cfg.loss
         if self.pool_feats is not None:
             pick = rng.integers(len(self.pool_masks), size=len(idx))
             batch.synthetic = [f[pick].to(self.device) for f in self.pool_feats]
             batch.masks = torch.from_numpy(self.pool_masks[pick])[:, None].to(self.device)
         else:
-            images, masks = self._timed("synthesis_s", synthetic_batch, self.images, idx, rng, self.cfg.synthesis,
-                                        self.regions)
+            if images is not None and len(idx) >= 2:  # augmented: made from the batch's images, patches from the batch
+                regions = None if self.regions is None else [self.regions[i] for i in idx]
+                images, masks = self._timed("synthesis_s", synthetic_batch, images, np.arange(len(idx)), rng,
+                                            self.cfg.synthesis, regions)
+            else:
+                images, masks = self._timed("synthesis_s", synthetic_batch, self.images, idx, rng,
+                                            self.cfg.synthesis, self.regions)
             batch.synthetic = self._timed("backbone_s", self.model.extractor, to_tensor(images, self.device))
             batch.masks = torch.from_numpy(masks)[:, None].to(self.device)
         t = time.perf_counter()
@@ -192,14 +214,15 @@ def step_loss(model: SSNFModel, batch: Batch, loss: LossConfig, progress: float)
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
           resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None,
-          slim_checkpoints: bool = False, thresholds: bool = True) -> TrainResult:
+          slim_checkpoints: bool = False, thresholds: bool = True, bank: MemoryBank | None = None) -> TrainResult:
     """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch.
 
     ``data``: prepared data to use instead of reading and extracting (a sweep's shared copy); it must
     have been made for the same data, backbone and seed. ``slim_checkpoints``: leave the frozen backbone's
     weights out of the checkpoints (a sweep's trials: the backbone is the experiment's, not the trial's).
     ``thresholds``: set the decision thresholds after the last epoch (a sweep's trials skip it: they are ranked,
-    not deployed; ``make models`` trains the chosen configs again).
+    not deployed; ``make models`` trains the chosen configs again). ``bank``: the memory bank of ``data``'s
+    training features under ``cfg.bank`` (a sweep's shared one; default: built here when ``bank.enabled``).
     """
     t_start = time.perf_counter()
     seed = cfg.train.seed
@@ -217,11 +240,17 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
         data = prepare_data(cfg, model.extractor, splits, device)
     elif data.key != data_key(cfg):
         raise SSNFError("the prepared data were made for another data / backbone / seed / precision configuration")
-    normals = int((data.validation.labels == 0).sum())
+    normals = int(data.validation.clean_normals.sum())
     if thresholds and normals < 2:  # before the first step, not after the last epoch
         raise DataError(f"{normals} validation normal for {cfg.data.category}: the thresholds need at least 2 "
                         "(raise data.val_fraction)")
     model.fit_norms([f.to(device) for f in data.train_features])
+    if cfg.bank.enabled:
+        if bank is None:
+            t = time.perf_counter()
+            bank = build_bank(data.train_features, cfg.bank, cfg.data.seed, memory_available())
+            data.timings["bank_s"] = time.perf_counter() - t
+        model.bank = MemoryBank.from_state(bank.state()).to(device)  # its own copy: validation sets its fusion
     batches = Batches(cfg, model, data, device)
     optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     history, start_epoch = _resume(resume, cfg, model, optimizer, device) if resume is not None else ([], 0)
@@ -259,7 +288,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             report["setup_s"] = timings["setup_s"]
         if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
             t = time.perf_counter()
-            report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device))
+            report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device, cfg.threshold))
             if thresholds and epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from validation normals
                 threshold = Detector(model, cfg, device).calibrate(data.validation)
                 report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
@@ -287,6 +316,8 @@ def _resume(path: Path, cfg: SSNFConfig, model: SSNFModel, optimizer: torch.opti
         raise SSNFError(f"cannot resume from {path}: it was trained with a different config")
     model.flows.load_state_dict(ckpt.model.flows.state_dict())
     model.scoring = ckpt.model.scoring  # a run resumed after its last epoch trains nothing more
+    if ckpt.model.bank is not None and model.bank is not None:
+        model.bank.fusion.copy_(ckpt.model.bank.fusion.to(device))
     model.threshold = ckpt.model.threshold
     if ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)

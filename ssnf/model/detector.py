@@ -13,12 +13,14 @@ from torch import nn
 from ssnf.backbones.extractor import FeatureExtractor, build_extractor
 from ssnf.config import PRECISIONS, BackboneConfig, ModelConfig, ScoringConfig
 from ssnf.errors import ConfigError
+from ssnf.model.bank import MemoryBank
 from ssnf.model.flow import ScaleFlow, seed_permutations
 from ssnf.model.subnets import CouplingSubnet, SubnetSpec, parse_blocks
 
 
 class SSNFModel(nn.Module):
-    """``images -> [(z, log_jac) per scale]``; only the flows train."""
+    """``images -> [(z, log_jac) per scale]``; only the flows train. ``bank``: the memory bank of the training
+    images' patch features (``bank.enabled``; None without), scored beside the flows (``ssnf.scoring``)."""
 
     def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig, seed: int = 0) -> None:
         super().__init__()
@@ -30,6 +32,7 @@ class SSNFModel(nn.Module):
         # The thresholds set on validation normals after training (``ssnf.threshold.Threshold``), one per
         # arithmetic (train.precision, and fp32 for exported files): scores differ between them
         self.thresholds: dict = {}
+        self.bank: MemoryBank | None = None
         stacks = parse_blocks(cfg.blocks, len(extractor.channels))
         seed_permutations(seed)
         torch.manual_seed(seed)
