@@ -1,8 +1,10 @@
 """``paper``: around the paper's defaults: stacking depth 1-4 and the conv/attention order, width,
 heads, couplings, clamp; synthesis patch count, size bounds, blend mode, object-aware placement; loss
-weight, its schedule, form, margin and the mask form's novelty gate; learning rate; and the feature
+weight, its schedule, form, margin and the mask form's novelty gate; learning rate; the feature
 extractor: the four wheel-shipped ImageNet backbones, their feature strides and the image size (each
-distinct extractor setting's features are computed once per sweep and shared, ``ssnf.tune.shared``).
+distinct extractor setting's features are computed once per sweep and shared, ``ssnf.tune.shared``); and the
+robustness levers (``levers``): training augmentation, feature noise and the memory bank (its knn and fused
+maps then join the scoring validation chooses from).
 
 ``paper.baseline`` is ssnf's default config in this space's terms: the sweep runs it as trial 0, so that
 every pick is measured against the default on the same budget and validation set."""
@@ -50,7 +52,21 @@ def paper(trial) -> dict:
     else:
         derived["loss.weight"] = 0.0
     trial.suggest_float("train.lr", 1e-4, 3e-3, log=True)
+    levers(trial)
     return derived
+
+
+def levers(trial) -> None:
+    """The robustness levers, each off in ssnf's default: augmentation of the training normals (family and share),
+    Gaussian noise on the flows' training inputs, and the memory bank (knn / fused maps among the candidates)."""
+    if trial.suggest_categorical("train.augment", ["none", "photometric", "geometric", "full"]) != "none":
+        trial.suggest_float("train.augment_p", 0.25, 1.0)
+    if trial.suggest_categorical("space.feature_noise", [False, True]):
+        trial.suggest_float("train.feature_noise", 0.02, 0.5, log=True)
+    trial.suggest_categorical("bank.enabled", [False, True])
+
+
+LEVERS_OFF = {"train.augment": "none", "space.feature_noise": False, "bank.enabled": False}  # the default's levers
 
 
 paper.baseline = {  # ssnf's defaults (ssnf/config.py); tests/test_spaces.py checks that they stay equal
@@ -60,4 +76,5 @@ paper.baseline = {  # ssnf's defaults (ssnf/config.py); tests/test_spaces.py che
     "loss.schedule": "constant", "loss.form": "mask", "loss.margin": 1.0, "loss.gate": "novel",
     "loss.gate_quantile": 0.9, "loss.anchor": "unchanged", "synthesis.max_patches": 3, "synthesis.width_min": 0.05,
     "synthesis.width_max": 0.2, "synthesis.blend": "poisson", "synthesis.object_aware": False, "train.lr": 1e-3,
+    **LEVERS_OFF,
 }

@@ -125,7 +125,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
                             f"({str(exc).splitlines()[0]})") from None
     elif extractor is None:
         extractor = build_extractor(cfg.backbone)
-    extractor.precision = cfg.train.precision
+    extractor.precision = cfg.feature_precision
     expected = payload.get("extractor_sha256")
     if expected and extractor_fingerprint(extractor) != expected:
         raise SSNFError(f"{path} is a slim checkpoint and the backbone at hand is not the one it was trained on "
@@ -137,7 +137,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", extractor: F
         raise SSNFError(f"checkpoint {path} was written by another ssnf version: its flows do not match this "
                         f"model ({str(exc).splitlines()[0]})") from None
     if payload.get("bank") is not None:
-        model.bank = MemoryBank.from_state(payload["bank"])
+        model.attach_bank(MemoryBank.from_state(payload["bank"]))
     if payload.get("scoring") is not None:
         model.scoring = from_dict(ScoringConfig, payload["scoring"], "scoring.")
     model.thresholds = {k: Threshold.from_dict(t) for k, t in (payload.get("thresholds") or {}).items()}

@@ -152,6 +152,10 @@ def _train(args: argparse.Namespace) -> int:
     _write_json(out / "metrics.json", payload)
     print("validation (last epoch): " + ", ".join(f"{k} {result.final[k]:.4f}" for k in
                                                    ("val_image_auroc", "val_pixel_auroc", "val_score")))
+    if "val_score_clean" in result.final:
+        print(f"  (these count the nuisance normals as normals, data.nuisance="
+              f"{cfg.data.nuisance}; without them val_score {result.final['val_score_clean']:.4f}); nuisance normals "
+              f"over the validation threshold: {result.final['val_nuisance_fpr']:.1%}")
     if scoring is not None:
         print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "
               f"{scoring['image_score']} of the {image_map_kind(result.model.scoring)} map")

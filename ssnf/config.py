@@ -384,6 +384,12 @@ class SSNFConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     bank: BankConfig = field(default_factory=BankConfig)
 
+    @property
+    def feature_precision(self) -> str:
+        """The arithmetic of the frozen backbone: ``train.precision``, except with a memory bank (float32: a
+        nearest-neighbour distance between close patch features is lost in bfloat16's 8-bit mantissa)."""
+        return "fp32" if self.bank.enabled else self.train.precision
+
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()

@@ -102,9 +102,9 @@ def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int,
 
 def data_key(cfg: SSNFConfig) -> str:
     """The config values prepared data depend on: data (its seed also draws the validation anomalies) and the
-    backbone (and the precision it runs in). Not the training seed: runs that differ only in it (a sweep's
+    backbone (and the precision it runs in: ``feature_precision``). Not the training seed: runs that differ only in it (a sweep's
     confirmation seeds) share the data and are scored on the same validation set."""
-    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.train.precision], sort_keys=True)
+    return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.feature_precision], sort_keys=True)
 
 
 def prepare_data(cfg: SSNFConfig, extractor: FeatureExtractor, splits: Splits, device="cpu",
@@ -113,7 +113,7 @@ def prepare_data(cfg: SSNFConfig, extractor: FeatureExtractor, splits: Splits, d
 
     ``portable``: also carry the extractor and the decoded test split (what a sweep ships to its trials)."""
     t0 = time.perf_counter()
-    extractor.precision = cfg.train.precision  # the features are those of the config's precision
+    extractor.precision = cfg.feature_precision  # the features are those of the config's precision
     size = cfg.data.image_size
     images = load_images(splits.train, size)
     cache = FeatureCache()

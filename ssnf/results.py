@@ -36,12 +36,16 @@ from ssnf.config import SSNFConfig, flatten, to_dict
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 STATUSES = ("completed", "stopped", "diverged", "error")
-VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc")
+# with nuisance normals (data.nuisance): val_score counts them as normals; *_clean leaves them out;
+# val_nuisance_fpr: the share of them over the image threshold set on the clean normals (NaN without them)
+VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc", "val_score_clean", "val_nuisance_fpr")
 TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 EPOCH_FIELDS = ("loss", "normal", "synthetic", "active", "novel", "anchor", "weight", "val_image_auroc", "val_pixel_auroc", "val_score",
-                "train_s", "val_s", "synthesis_s", "backbone_s", "gate_s", "setup_s")
+                "val_image_auroc_clean", "val_pixel_auroc_clean", "val_score_clean", "val_nuisance_fpr",
+                "val_nuisance_image_auroc", "train_s", "val_s", "synthesis_s", "backbone_s", "gate_s", "augment_s",
+                "setup_s")
 SCORING_FIELDS = ("val_map", "val_image_map", "val_image_score")  # the scoring chosen on validation
 CONFIG_PREFIX = "config."
 

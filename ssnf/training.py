@@ -250,7 +250,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             t = time.perf_counter()
             bank = build_bank(data.train_features, cfg.bank, cfg.data.seed, memory_available())
             data.timings["bank_s"] = time.perf_counter() - t
-        model.bank = MemoryBank.from_state(bank.state()).to(device)  # its own copy: validation sets its fusion
+        model.attach_bank(MemoryBank.from_state(bank.state()).to(device))  # its own copy: validation sets its fusion
     batches = Batches(cfg, model, data, device)
     optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     history, start_epoch = _resume(resume, cfg, model, optimizer, device) if resume is not None else ([], 0)

@@ -30,7 +30,7 @@ def samples(space, n: int, seed: int = 0):
 
 
 def test_the_documented_spaces_are_registered():
-    assert {"smoke", "paper"} <= set(SPACES)
+    assert {"smoke", "paper", "robust"} <= set(SPACES)
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
@@ -108,13 +108,29 @@ def test_paper_space_searches_the_extractor_and_its_baseline_is_the_default_conf
     assert len({c.backbone.name for _, _, c in drawn}) == 4
     assert len({c.backbone.strides for _, _, c in drawn}) == 3
     assert len({c.data.image_size for _, _, c in drawn}) == 3
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SPACES if hasattr(SPACES[n], "baseline")))
+def test_a_space_s_baseline_is_the_default_config(name):
     # the baseline is a point of the space (Optuna enqueues it as trial 0) that builds ssnf's default config
+    space = SPACES[name]
     study = optuna.create_study()
     study.enqueue_trial(space.baseline)
     trial = study.ask()
     derived = space(trial)
     assert trial.params == space.baseline, "every baseline value is one the space asks for"
     assert to_dict(trial_config(BASE, {**trial.params, **derived})) == BASE
+
+
+@pytest.mark.parametrize("name", ["paper", "robust"])
+def test_the_robustness_levers_are_searched(name):
+    drawn = samples(SPACES[name], 60, seed=6)
+    assert {c.train.augment for _, _, c in drawn} == {"none", "photometric", "geometric", "full"}
+    assert {c.bank.enabled for _, _, c in drawn} == {False, True}
+    assert {c.train.feature_noise == 0 for _, _, c in drawn} == {False, True}
+    for params, _, cfg in drawn:  # a lever's knob only where the lever is on
+        assert ("train.augment_p" in params) == (cfg.train.augment != "none")
+        assert ("train.feature_noise" in params) == (cfg.train.feature_noise > 0)
 
 
 def test_a_space_may_set_the_extractor_but_not_the_rest_of_data_and_backbone():

@@ -86,7 +86,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"11"
+    assert schema.metadata[b"ssnf_schema_version"] == b"12"
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"
@@ -160,6 +160,44 @@ def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ra
     assert len(rows) == 2
     want = dict(zip(two["trial_id"], two["features_id"]))
     assert {r["confirms"]: r["features_id"] for _, r in rows.iterrows()} == want
+
+
+def levers_space(trial) -> dict:
+    """Module-level space with the robustness levers: the memory bank on or off, augmentation, feature noise."""
+    trial.suggest_categorical("train.augment", ["none", "full"])
+    trial.suggest_categorical("train.feature_noise", [0.0, 0.1])
+    return {"model.blocks": "conv", "model.heads": 2, "model.couplings": 1, "model.hidden": 8,
+            "bank.enabled": trial.number % 2 == 0}
+
+
+def test_levers_in_a_sweep_share_one_bank_and_report_nuisance_validation(demo_root, ray_session, tmp_path):
+    """Trials with the memory bank share one bank per extractor setting (built by the store once); every trial is
+    validated with nuisance normals and its row carries the clean score and the nuisance false-positive rate."""
+    import json
+
+    options = SweepOptions(
+        data_root=str(demo_root), categories=["washer"], space="x", num_samples=4, max_epochs=1,
+        max_concurrent=2, storage=str(tmp_path / "store"), name="levers", searcher="random", scheduler="none",
+        base=merge(to_dict(SSNFConfig()), {**BASE_SETS, "data.nuisance": "full", "bank.coreset": 0.5}), verbose=0,
+        baseline=False,
+    )
+    run_sweep(options, {"x": levers_space})
+    results = tmp_path / "store" / "levers" / "results"
+    trials = pd.read_parquet(results / "trials")
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}
+    assert trials["final_val_score_clean"].notna().all() and trials["final_val_nuisance_fpr"].between(0, 1).all()
+    assert set(trials["config.data.nuisance"]) == {"full"}
+    assert trials["config.bank.enabled"].sum() == 2
+    settings = json.loads((results / "features" / "washer.json").read_text())
+    # a bank's trials take float32 features (SSNFConfig.feature_precision): a feature set of their own, with one
+    # bank built on the first request and shared by both trials
+    (banked,) = [s for s in settings if s.get("banks")]
+    assert banked["precision"] == "fp32" and banked["trials"] == 2
+    (bank,) = banked["banks"]
+    assert bank["entries"] > 0 and bank["build_s"] > 0 and bank["bytes"] > 0
+    assert set(trials[trials["config.bank.enabled"]]["features_id"]) == {banked["features_id"]}
+    epochs = pd.read_parquet(results / "epochs")
+    assert epochs["val_nuisance_image_auroc"].notna().all()
 
 
 def unknown_backbone(trial) -> dict:

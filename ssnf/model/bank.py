@@ -1,8 +1,9 @@
 """A memory bank of training patch features: PatchCore's nearest-neighbour score on the flows' own features.
 
 ``patch_features`` turns the backbone's per-scale features into one patch feature per position of the finest
-scale (each scale averaged over a ``neighbourhood`` window, the coarser scales upsampled bilinearly onto the
-finest grid, concatenated: PatchCore's locally aware patch features). ``build_bank`` keeps a coreset of the
+scale (each scale averaged over a ``neighbourhood`` window, zero padding counted as in anomalib's PatchCore, the
+coarser scales upsampled bilinearly onto the finest grid, concatenated: PatchCore's locally aware patch
+features). ``build_bank`` keeps a coreset of the
 training images' patch features: greedy k-centre selection (PatchCore's) in a random projection of
 ``bank.projection`` dimensions, ``bank.coreset`` of the positions and at most ``bank.max_entries``.
 ``MemoryBank(features)`` is the ``knn`` position map: each position's Euclidean distance to its nearest entry,
@@ -37,7 +38,9 @@ def patch_features(features: list[torch.Tensor], neighbourhood: int) -> torch.Te
     for f in features:
         f = f.float()
         if neighbourhood > 1:
-            f = F.avg_pool2d(f, neighbourhood, stride=1, padding=pad, count_include_pad=False)
+            # PatchCore's pooling (anomalib: AvgPool2d(3, 1, 1)): the zero padding counts, so a border position's
+            # patch feature is damped as the reference implementation damps it
+            f = F.avg_pool2d(f, neighbourhood, stride=1, padding=pad)
         if f.shape[-2:] != (h, w):
             f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
         out.append(f)

@@ -32,7 +32,8 @@ class SSNFModel(nn.Module):
         # The thresholds set on validation normals after training (``ssnf.threshold.Threshold``), one per
         # arithmetic (train.precision, and fp32 for exported files): scores differ between them
         self.thresholds: dict = {}
-        self.bank: MemoryBank | None = None
+        self.bank: MemoryBank | None = None  # attach with ``attach_bank``
+        self.precision = "fp32"  # the model's arithmetic (``set_precision``); its thresholds are keyed by it
         stacks = parse_blocks(cfg.blocks, len(extractor.channels))
         seed_permutations(seed)
         torch.manual_seed(seed)
@@ -67,25 +68,32 @@ class SSNFModel(nn.Module):
     @property
     def threshold(self):
         """The thresholds of the precision the model runs in now (None: not calibrated in it)."""
-        return self.thresholds.get(self.extractor.precision)
+        return self.thresholds.get(self.precision)
 
     @threshold.setter
     def threshold(self, value) -> None:
         if value is None:
-            self.thresholds.pop(self.extractor.precision, None)
+            self.thresholds.pop(self.precision, None)
         else:
             self.thresholds[value.precision] = value
 
     def set_precision(self, precision: str) -> "SSNFModel":
         """``fp32`` or ``bf16``: the arithmetic of the backbone and the coupling subnets (``train.precision``).
-        bf16 runs them under autocast; the couplings' affine, the log-determinants and the loss stay float32."""
+        bf16 runs them under autocast; the couplings' affine, the log-determinants and the loss stay float32.
+        With a memory bank the backbone stays float32 (``SSNFConfig.feature_precision``)."""
         if precision not in PRECISIONS:
             raise ConfigError(f"train.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.extractor.precision = precision
+        self.precision = precision
+        self.extractor.precision = "fp32" if self.bank is not None else precision
         for module in self.flows.modules():
             if isinstance(module, CouplingSubnet):
                 module.precision = precision
         return self
+
+    def attach_bank(self, bank: MemoryBank | None) -> "SSNFModel":
+        """Keep ``bank`` as the model's memory bank (its backbone then runs in float32)."""
+        self.bank = bank
+        return self.set_precision(self.precision)
 
     def flow_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.flows.parameters() if p.requires_grad]

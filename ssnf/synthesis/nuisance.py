@@ -15,15 +15,17 @@ size):
   levels / 255).
 
 Magnitudes (``NuisanceRanges``) are measured per category from its training images where the images show them
-(``measure_ranges``): twice the spread (standard deviation of the log) of the images' mean brightness, contrast
-and red/blue balance, each at least a floor that stands for an ordinary drift of a line (``FLOORS``); the
+(``measure_ranges``): twice the spread (standard deviation of the log) of the images' mean brightness and red/blue
+balance, between a floor that stands for an ordinary drift of a line (``FLOORS``) and a cap (``CAPS``); the
 translation is the 90th percentile of the training images' own offsets from their median image (phase
 correlation), between ``SHIFT_MIN`` and ``SHIFT_MAX`` of the side, and rotation and scale grow with it: an
 aligned part is moved only as much as its training images move, an object that moves about (or a texture,
-which has no position) up to the caps. Gamma, blur and noise have fixed ranges (a drifting focus or sensor).
+which has no position) up to the caps. Contrast, gamma, blur and noise have fixed ranges (an image's contrast
+measures its content as much as its light; a drifting focus or sensor).
 
-Validation draws each transform of its family with probability 1/2 (at least one), at 50-100 % of its range with
-a random sign (``draw(..., strong=True)``): a shift that is there; augmentation draws anywhere in the range.
+Validation draws one transform of its family per nuisance normal, at 50-100 % of its range with a random sign
+(``draw(..., strong=True)``): one drift at a time, and one that is there. Augmentation draws each transform of
+its family with probability 1/2 (at least one), anywhere in its range.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ PHOTOMETRIC = ("brightness", "contrast", "gamma", "colour", "blur", "noise")
 GEOMETRIC = ("shift", "rotate", "scale")
 FAMILIES = {"none": (), "photometric": PHOTOMETRIC, "geometric": GEOMETRIC, "full": PHOTOMETRIC + GEOMETRIC}
 COPIES = 2  # nuisance normals per held-out normal image (data.nuisance)
-# the least half-range of each measured magnitude: an ordinary drift of a line (log gains; colour: log red/blue)
-FLOORS = {"brightness": math.log(1.12), "contrast": math.log(1.12), "colour": 0.04}
-CAPS = {"brightness": math.log(1.5), "contrast": math.log(1.5), "colour": 0.15}
-GAMMA = math.log(1.2)  # gamma in [1/1.2, 1.2]
-BLUR = 1.2  # sigma in pixels, at most
-NOISE = 3.0 / 255  # sigma, at most
+# measured magnitudes (half-ranges; log gains, colour: log red/blue) are clipped to [floor, cap]: the floor stands for
+# an ordinary drift of a line, the cap keeps a category whose images vary a lot from drifting into another product
+FLOORS = {"brightness": math.log(1.08), "colour": 0.03}
+CAPS = {"brightness": math.log(1.25), "colour": 0.10}
+CONTRAST = math.log(1.10)  # contrast gain in [1/1.1, 1.1] (an image's spread measures its content more than its light)
+GAMMA = math.log(1.10)  # gamma in [1/1.1, 1.1]
+BLUR = 0.8  # sigma in pixels at the model's size, at most (a slight loss of focus)
+NOISE = 1.5 / 255  # sigma, at most (a noisier sensor or a shorter exposure)
 # translation, share of the side; small: the borders are reflected, and a wide reflected band is itself a change
 SHIFT_MIN, SHIFT_MAX = 0.01, 0.03
 ROTATE_MAX = 3.0  # degrees, at SHIFT_MAX (proportional below)
@@ -55,7 +59,7 @@ class NuisanceRanges:
     """Half-ranges of each transform's parameter for one category (see the module docstring)."""
 
     brightness: float = FLOORS["brightness"]
-    contrast: float = FLOORS["contrast"]
+    contrast: float = CONTRAST
     gamma: float = GAMMA
     colour: float = FLOORS["colour"]
     blur: float = BLUR
@@ -106,7 +110,6 @@ def measure_ranges(images: np.ndarray, textured: bool) -> NuisanceRanges:
     grey = x.mean(axis=3)
     measured = {
         "brightness": 2 * _log_spread(grey.mean(axis=(1, 2))),
-        "contrast": 2 * _log_spread(grey.std(axis=(1, 2))),
         "colour": 2 * _log_spread((x[..., 0].mean(axis=(1, 2)) + 1e-3) / (x[..., 2].mean(axis=(1, 2)) + 1e-3)),
     }
     photometric = {k: float(np.clip(v, FLOORS[k], CAPS[k])) for k, v in measured.items()}
@@ -119,14 +122,14 @@ def measure_ranges(images: np.ndarray, textured: bool) -> NuisanceRanges:
 
 
 def draw(rng: np.random.Generator, ranges: NuisanceRanges, family: str, strong: bool = False) -> Nuisance:
-    """A random transform of ``family`` (``FAMILIES``): each of its transforms with probability 1/2, at least one.
-    ``strong``: each at 50-100 % of its range (validation), else anywhere in it (augmentation)."""
+    """A random transform of ``family`` (``FAMILIES``). ``strong`` (validation): one transform of the family, at
+    50-100 % of its range (one drift at a time, one that is there); else (augmentation) each of the family's
+    transforms with probability 1/2 (at least one), anywhere in its range."""
     kinds = FAMILIES[family]
     if not kinds:
         return Nuisance()
-    chosen = [k for k in kinds if rng.random() < 0.5]
-    if not chosen:
-        chosen = [kinds[int(rng.integers(len(kinds)))]]
+    pick = int(rng.integers(len(kinds)))
+    chosen = [kinds[pick]] if strong else [k for k in kinds if rng.random() < 0.5] or [kinds[pick]]
     params: dict[str, float] = {}
     for kind in kinds:  # every kind draws, so the stream does not depend on which were chosen
         u = rng.uniform(0.5, 1.0) if strong else rng.uniform(0.0, 1.0)

@@ -12,8 +12,8 @@ its first allocation beyond the share: the trial reports ``out_of_memory`` and e
 reason, and the sweep goes on. Without the limit the node ran out of memory, Ray's memory monitor killed the
 trial and Ray Tune (2.60) ended the whole sweep on that kill ("Caught unexpected exception").
 
-The prepared data (features, validation set, decoded test split, the frozen extractor with its weights)
-of the trial's extractor setting come from the category's ``FeatureStore`` through Ray's object store
+The prepared data (features, validation set, decoded test split, the frozen extractor with its weights; the
+memory bank when ``bank.enabled``) of the trial's extractor setting come from the category's ``FeatureStore`` through Ray's object store
 (``ssnf.tune.shared``): a trial on any node of a cluster needs neither the dataset nor the weights cache,
 and each setting is prepared once per sweep. Each report also names where the trial ran (Ray node id, GPU
 ids, torch device, process niceness) and what getting the data cost.
@@ -80,11 +80,13 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
     if cfg.train.device == "cpu":  # a GPU trial's memory is the GPU's; CUDA's own mappings must not meet the limit
         resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
     data: PreparedData | None = None
+    bank = None
     if store is not None:
         t = time.perf_counter()
         shared = ray.get(store.get.remote(to_dict(cfg)))
         data = ray.get(shared.ref)
-        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_bytes=shared.nbytes,
+        bank = ray.get(shared.bank) if shared.bank is not None else None
+        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_bytes=shared.nbytes + shared.bank_bytes,
                      data_prepare_s=shared.prepare_s, features_id=shared.features_id)
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
@@ -126,7 +128,7 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
 
     try:
         train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data, slim_checkpoints=True,
-              thresholds=False)
+              thresholds=False, bank=bank)
     except TrainingDiverged as exc:
         # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
         # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
