@@ -48,48 +48,61 @@ def shifted(images: np.ndarray, name: str) -> np.ndarray:
     return np.stack([apply(im, Nuisance(SHIFTS[name], seed=i)) for i, im in enumerate(images)])
 
 
+def robustness_row(detector, test) -> dict:
+    """Test metrics of ``detector`` on a decoded test split (``DecodedSplit`` at its size), the false-positive rate
+    of its image threshold on the good images, plain and under each of ``SHIFTS``, and the defects' image AUROC
+    against the shifted good images."""
+    from ssnf.evaluate import evaluate
+    from ssnf.metrics import image_auroc
+
+    metrics = evaluate(detector.model, detector.cfg, test, detector.device).metrics
+    labels = np.array([s.label for s in test.samples])
+    good = test.images[labels == 0]
+    plain = detector.predict(test.images)
+    cut = detector.threshold.image
+    row = {"category": detector.cfg.data.category, "seed": detector.cfg.train.seed,
+           "scoring": [detector.scoring.map, detector.scoring.image_map, detector.scoring.image_score],
+           "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"], "aupro": metrics["aupro"],
+           "threshold": cut, "threshold_method": detector.threshold.method,
+           "fpr_good": float((plain.scores[labels == 0] > cut).mean()), "shifts": {}}
+    flagged, total = 0, 0
+    defects = plain.scores[labels == 1]
+    for name in SHIFTS:
+        scores = detector.predict(shifted(good, name)).scores
+        over = int((scores > cut).sum())
+        flagged, total = flagged + over, total + len(scores)
+        row["shifts"][name] = {
+            "fpr": over / len(scores),
+            "auroc_defects_vs_shifted_good": image_auroc(np.r_[np.zeros(len(scores)), np.ones(len(defects))],
+                                                         np.r_[scores, defects])}
+    row["fpr_shifted"] = flagged / total
+    row["auroc_defects_vs_shifted_good"] = float(np.mean([s["auroc_defects_vs_shifted_good"]
+                                                          for s in row["shifts"].values()]))
+    return row
+
+
 def run_test(args: argparse.Namespace) -> None:
+    import dataclasses
+
     import torch
 
     from ssnf.data.dataset import decode_split
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
-    from ssnf.evaluate import evaluate
     from ssnf.inference import Detector
-    from ssnf.metrics import image_auroc
 
     torch.set_num_threads(args.threads)
     results = []
     for path in args.checkpoints.split(","):
         detector = Detector.load(path)
-        cfg = detector.cfg
+        data = detector.cfg.data
         if args.data_root:
-            cfg.data.root = args.data_root
-        test = decode_split(make_splits(load_index(cfg.data), cfg.data).test, cfg.data.image_size)
-        metrics = evaluate(detector.model, cfg, test, detector.device).metrics
-        labels = np.asarray(test.labels)
-        good = test.images[labels == 0]
-        plain = detector.predict(test.images)
-        cut = detector.threshold.image
-        row = {"checkpoint": path, "category": cfg.data.category, "seed": cfg.train.seed,
-               "scoring": [detector.scoring.map, detector.scoring.image_map, detector.scoring.image_score],
-               "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"],
-               "aupro": metrics["aupro"], "threshold": cut, "threshold_method": detector.threshold.method,
-               "fpr_good": float((plain.scores[labels == 0] > cut).mean()), "shifts": {}}
-        flagged, total = 0, 0
-        for name in SHIFTS:
-            scores = detector.predict(shifted(good, name)).scores
-            over = int((scores > cut).sum())
-            flagged, total = flagged + over, total + len(scores)
-            row["shifts"][name] = {
-                "fpr": over / len(scores),
-                "auroc_defects_vs_shifted_good": image_auroc(np.r_[np.zeros(len(scores)), np.ones(int((labels == 1).sum()))],
-                                                             np.r_[scores, plain.scores[labels == 1]])}
-        row["fpr_shifted"] = flagged / total
-        row["auroc_defects_vs_shifted_good"] = float(np.mean([s["auroc_defects_vs_shifted_good"]
-                                                              for s in row["shifts"].values()]))
+            data = dataclasses.replace(data, root=args.data_root)
+        test = decode_split(make_splits(load_index(data), data).test, data.image_size)
+        row = robustness_row(detector, test)
+        row["checkpoint"] = path
         results.append(row)
-        print(f"{cfg.data.category} seed {cfg.train.seed} {path}: test {row['image_auroc']:.3f} / "
+        print(f"{row['category']} seed {row['seed']} {path}: test {row['image_auroc']:.3f} / "
               f"{row['pixel_auroc']:.3f} / {row['aupro']:.3f}; scoring {row['scoring']}; FPR at the 1 % threshold: "
               f"good {row['fpr_good']:.3f}, shifted good {row['fpr_shifted']:.3f} "
               f"({', '.join(k + ' %.2f' % v['fpr'] for k, v in row['shifts'].items())}); "

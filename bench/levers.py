@@ -1,0 +1,184 @@
+"""What each robustness lever adds (issue 28): an ablation on the real categories, test figures reported only.
+
+    python bench/levers.py train --data-root ../shared/data --categories tire,magnetic_tile --seeds 1,2,3 \
+        --epochs 8 --out bench/results/issue28/levers [--parallel 2]
+    python bench/levers.py table --data-root ../shared/data --out bench/results/issue28/levers
+
+``train`` runs ``ssnf train`` for each category, seed and trained variant (``VARIANTS``; each the default config
+with graded validation and nuisance normals, ``data.nuisance=full``, plus one lever), ``--parallel`` runs at once
+with one thread each; a run whose ``metrics.json`` exists is skipped (resumable).
+
+``table`` evaluates each row of ``ROWS`` on every seed: a row is a trained variant, possibly re-validated under
+another recipe or with its scoring fixed (the validation recipe and the scoring candidates change which maps
+the model scores with, not its training), its thresholds set again on its validation normals, then the test
+split: image AUROC, pixel AUROC, AUPRO, the false-positive rate at the 1 % threshold on the test's good images
+and on them under ``bench/robustness.SHIFTS``, and the defects' image AUROC against the shifted good images.
+Validation chose every scoring; nothing is chosen on test. Prints a markdown table (mean over seeds, with the
+range) and writes ``levers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+BASE = ["data.reference=graded", "data.nuisance=full"]
+VARIANTS = {  # trained: name -> --set overrides on top of BASE
+    "flows": [],
+    "augment": ["train.augment=full", "train.augment_p=0.5"],
+    "noise": ["train.feature_noise=0.1"],
+    "bank": ["bank.enabled=true"],
+}
+ROWS = [  # (row, trained variant, validation (reference, nuisance) or None: as trained, scoring overrides)
+    ("default, standard validation", "flows", ("standard", "none"), {}),
+    ("+ nuisance validation (graded + full)", "flows", None, {}),
+    ("+ augmentation (full, p 0.5)", "augment", None, {}),
+    ("+ feature noise (0.1)", "noise", None, {}),
+    ("memory bank alone (knn map)", "bank", None, {"map": "knn", "image_map": "pixel"}),
+    ("+ fusion (flows, bank, fused maps: chosen on validation)", "bank", None, {}),
+]
+
+
+def run_dir(out: Path, category: str, variant: str, seed: int) -> Path:
+    return out / "runs" / category / f"{variant}-seed{seed}"
+
+
+def run_train(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    jobs = []
+    for category in args.categories.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for variant, sets in VARIANTS.items():
+                folder = run_dir(out, category, variant, seed)
+                if (folder / "metrics.json").is_file():
+                    continue
+                cmd = [sys.executable, "-m", "ssnf", "train", "--data-root", args.data_root, "--category", category,
+                       "--out", str(folder), "--quiet", "--no-test"]
+                for s in BASE + sets + [f"train.epochs={args.epochs}", f"train.seed={seed}", "train.threads=1"]:
+                    cmd += ["--set", s]
+                jobs.append((folder, cmd))
+    running: list[tuple[Path, subprocess.Popen]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    while jobs or running:
+        while jobs and len(running) < args.parallel:
+            folder, cmd = jobs.pop(0)
+            folder.mkdir(parents=True, exist_ok=True)
+            print("start", folder, flush=True)
+            running.append((folder, subprocess.Popen(cmd, stdout=open(folder / "log.txt", "w"),
+                                                     stderr=subprocess.STDOUT, env=env)))
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                print("done" if item[1].returncode == 0 else f"FAILED ({item[1].returncode})", item[0], flush=True)
+        time.sleep(2)
+
+
+def evaluate_row(path: Path, data_root: str, validation, scoring: dict) -> dict:
+    import torch
+
+    from ssnf.checkpoint import load_checkpoint
+    from ssnf.config import SSNFConfig, from_dict, merge, to_dict
+    from ssnf.data.dataset import decode_split
+    from ssnf.data.layouts import load_index
+    from ssnf.data.splits import make_splits
+    from ssnf.features import load_images
+    from ssnf.inference import Detector
+    from ssnf.prepared import build_validation
+    from ssnf.synthesis.nuisance import measure_ranges
+    from ssnf.synthesis.patches import object_regions
+    from ssnf.validation import validate
+    from robustness import robustness_row
+
+    ckpt = load_checkpoint(path)
+    model, cfg = ckpt.model, ckpt.config
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+    if validation is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, reference=validation[0],
+                                                                nuisance=validation[1]))
+    cfg = from_dict(SSNFConfig, merge(to_dict(cfg), {f"scoring.{k}": v for k, v in scoring.items()}))
+    splits = make_splits(load_index(cfg.data), cfg.data)
+    size = cfg.data.image_size
+    train_images = load_images(splits.train, size)
+    ranges = measure_ranges(train_images, all(r is None for r in object_regions(train_images)))
+    val = build_validation(model.extractor, load_images(splits.val, size), cfg.data.seed, "cpu", cfg.data.reference,
+                           cfg.data.nuisance, ranges)
+    report = validate(model, val, cfg.scoring, size, "cpu", cfg.threshold)
+    detector = Detector(model, cfg)
+    detector.calibrate(val)
+    row = robustness_row(detector, decode_split(splits.test, size))
+    row.update({k: report.get(k) for k in ("val_score", "val_score_clean", "val_nuisance_fpr")})
+    return row
+
+
+def run_table(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    results = []
+    for category in sorted(p.name for p in (out / "runs").iterdir()):
+        for name, variant, validation, scoring in ROWS:
+            seeds = sorted(p for p in (out / "runs" / category).glob(f"{variant}-seed*")
+                           if (p / "checkpoint.pt").is_file() and (p / "metrics.json").is_file())
+            for folder in seeds:
+                row = evaluate_row(folder / "checkpoint.pt", args.data_root, validation, scoring)
+                row.update(category=category, row=name, variant=variant, run=str(folder))
+                results.append(row)
+                print(f"{category} | {name} | {folder.name}: {row['image_auroc']:.3f} / {row['pixel_auroc']:.3f} / "
+                      f"{row['aupro']:.3f}, FPR good {row['fpr_good']:.2f}, shifted {row['fpr_shifted']:.2f}, "
+                      f"scoring {row['scoring']}", flush=True)
+    (out / "levers.json").write_text(json.dumps(results, indent=1, default=float))
+    print(markdown(results))
+
+
+def markdown(results: list[dict]) -> str:
+    keys = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+            ("fpr_good", "FPR test good"), ("fpr_shifted", "FPR shifted good"),
+            ("auroc_defects_vs_shifted_good", "AUROC defects vs shifted good"), ("val_score", "val_score")]
+    lines = ["| category | row | seeds | " + " | ".join(k[1] for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for category in dict.fromkeys(r["category"] for r in results):
+        for name, *_ in ROWS:
+            rows = [r for r in results if r["category"] == category and r["row"] == name]
+            if not rows:
+                continue
+            cells = []
+            for key, _ in keys:
+                v = np.array([r[key] for r in rows], float)
+                cells.append(f"{v.mean():.3f}" + (f" ({v.min():.3f}-{v.max():.3f})" if len(v) > 1 else ""))
+            lines.append(f"| {category} | {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--data-root", required=True)
+    t.add_argument("--categories", default="tire,magnetic_tile")
+    t.add_argument("--seeds", default="1,2,3")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--parallel", type=int, default=2)
+    t.add_argument("--out", required=True)
+    b = sub.add_parser("table")
+    b.add_argument("--data-root", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    run_train(args) if args.cmd == "train" else run_table(args)
+
+
+if __name__ == "__main__":
+    main()
