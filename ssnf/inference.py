@@ -56,8 +56,9 @@ class InferencePath(nn.Module):
         self.size = int(size)
         self.flows, self.bank = needs(resolved_kinds(scoring))
         if self.bank and model.bank is None:
-            raise SSNFError(f"the scoring uses the memory bank ({', '.join(dict.fromkeys(resolved_kinds(scoring)))}) and this model "
-                            "has none: train it with bank.enabled=true")
+            kinds = ", ".join(dict.fromkeys(resolved_kinds(scoring)))
+            raise SSNFError(f"the scoring uses the memory bank ({kinds}) and this model has none: train it with "
+                            "bank.enabled=true")
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).float() / 255.0

@@ -102,7 +102,8 @@ def build_validation(extractor: FeatureExtractor, images: np.ndarray, seed: int,
 
 def data_key(cfg: SSNFConfig) -> str:
     """The config values prepared data depend on: data (its seed also draws the validation anomalies) and the
-    backbone (and the precision it runs in: ``feature_precision``). Not the training seed: runs that differ only in it (a sweep's
+    backbone (and the precision it runs in: ``feature_precision``). Not the training seed: runs that differ only in it
+    (a sweep's
     confirmation seeds) share the data and are scored on the same validation set."""
     return json.dumps([to_dict(cfg.data), to_dict(cfg.backbone), cfg.feature_precision], sort_keys=True)
 

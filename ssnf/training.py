@@ -171,7 +171,7 @@ class Batches:
             images, changed = self._timed("augment_s", augment_batch, self.images[idx],
                                           np.random.default_rng(rng.integers(2**63)), self.ranges, self.augment,
                                           self.cfg.train.augment_p)
-            if changed.any():  # the cached features are the unaugmented images': the changed ones go through the backbone
+            if changed.any():  # the cached features are those of the unaugmented images: the changed ones are recomputed
                 rows = torch.from_numpy(np.flatnonzero(changed)).to(self.device)
                 fresh = self._timed("backbone_s", self.model.extractor, to_tensor(images[changed], self.device))
                 normal = [n.index_copy(0, rows, f.to(n.dtype)) for n, f in zip(normal, fresh)]

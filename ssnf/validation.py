@@ -74,10 +74,11 @@ def validate(model: SSNFModel, val: ValidationSet, cfg: ScoringConfig, size: int
         keep = ~shifted
         clean_img = image_auroc(labels[keep], scores[keep])
         clean_pix = pixel_auroc(val.masks[keep], maps[chosen.map][torch.from_numpy(keep)].numpy())
-        cut, _ = image_threshold(scores[clean], scores[labels == 1], threshold or ThresholdConfig())
+        anomalous = labels == 1
+        cut, _ = image_threshold(scores[clean], scores[anomalous], threshold or ThresholdConfig())
+        versus = np.r_[np.zeros(int(shifted.sum())), np.ones(int(anomalous.sum()))]
         report.update(val_image_auroc_clean=clean_img, val_pixel_auroc_clean=clean_pix,
                       val_score_clean=0.5 * (clean_img + clean_pix),
                       val_nuisance_fpr=float((scores[shifted] > cut).mean()),
-                      val_nuisance_image_auroc=image_auroc(np.r_[np.zeros(int(shifted.sum())), np.ones(int((labels == 1).sum()))],
-                                                           np.r_[scores[shifted], scores[labels == 1]]))
+                      val_nuisance_image_auroc=image_auroc(versus, np.r_[scores[shifted], scores[anomalous]]))
     return report

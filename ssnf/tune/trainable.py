@@ -86,8 +86,8 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         shared = ray.get(store.get.remote(to_dict(cfg)))
         data = ray.get(shared.ref)
         bank = ray.get(shared.bank) if shared.bank is not None else None
-        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_bytes=shared.nbytes + shared.bank_bytes,
-                     data_prepare_s=shared.prepare_s, features_id=shared.features_id)
+        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_prepare_s=shared.prepare_s,
+                     data_bytes=shared.nbytes + shared.bank_bytes, features_id=shared.features_id)
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
