@@ -69,14 +69,17 @@ def save_checkpoint(path: Path, model: SSNFModel, cfg: SSNFConfig, epoch: int, h
 
 def _migrate(config: dict) -> dict:
     """Fill keys that older ssnf versions did not write with what those versions did, not today's defaults."""
-    loss = config.get("loss")
-    if isinstance(loss, dict):
-        # before the novelty gate every covered position was pushed; before the anchor nothing was held
-        config = {**config, "loss": {**LOSS_BEFORE, **loss}}
+    for section, before in (("loss", LOSS_BEFORE), ("data", DATA_BEFORE)):
+        values = config.get(section)
+        if isinstance(values, dict):
+            config = {**config, section: {**before, **values}}
     return config
 
 
-LOSS_BEFORE = {"gate": "none", "anchor": "none"}  # loss keys older checkpoints lack, as those versions behaved
+# keys older checkpoints lack, as those versions behaved: before the novelty gate every covered position was
+# pushed, before the anchor nothing was held; validation was the standard recipe without nuisance normals
+LOSS_BEFORE = {"gate": "none", "anchor": "none"}
+DATA_BEFORE = {"reference": "standard", "nuisance": "none"}
 
 
 def _checked(payload: Any, path: Path) -> dict:

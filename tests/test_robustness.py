@@ -266,3 +266,15 @@ def test_a_bank_kind_without_a_bank_is_refused_in_one_line():
 
     with pytest.raises(SSNFError, match="this model has none: train it with bank.enabled=true"):
         Detector.build(cfg)
+
+
+def test_the_library_default_validates_with_graded_defects_and_nuisance_normals_and_old_checkpoints_keep_theirs(
+        levered, tmp_path):
+    assert (SSNFConfig().data.reference, SSNFConfig().data.nuisance) == ("graded", "full")
+    _, path, _ = levered
+    payload = torch.load(path, weights_only=True)
+    for key in ("reference", "nuisance"):  # a checkpoint of a version before these keys
+        del payload["config"]["data"][key]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt").config.data
+    assert (old.reference, old.nuisance) == ("standard", "none"), "what those versions did, not today's default"

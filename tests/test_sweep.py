@@ -117,7 +117,7 @@ def extractor_space(trial) -> dict:
 def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ray_session, tmp_path):
     """A space that searches image size and strides: every distinct setting's data are prepared once by the
     store and shared with every trial of that setting; the trial rows name their feature set; the store's
-    costs are written per category; the validation recipe of the experiment (graded) is recorded."""
+    costs are written per category; the validation recipe of the experiment (standard here) is recorded."""
     import json
 
     from ssnf.config import from_dict
@@ -127,13 +127,13 @@ def test_extractor_settings_are_searched_and_each_is_prepared_once(demo_root, ra
     options = SweepOptions(
         data_root=str(demo_root), categories=["weave"], space="x", num_samples=6, max_epochs=1,
         max_concurrent=2, storage=str(tmp_path / "store"), name="ext", searcher="random", scheduler="none",
-        base=merge(to_dict(SSNFConfig()), {**BASE_SETS, "data.reference": "graded"}), verbose=0,
+        base=merge(to_dict(SSNFConfig()), {**BASE_SETS, "data.reference": "standard"}), verbose=0,
     )
     run_sweep(options, {"x": extractor_space})
     results = tmp_path / "store" / "ext" / "results"
     trials = pd.read_parquet(results / "trials")
     assert len(trials) == 6 and set(trials["status"]) == {"completed"}
-    assert set(trials["config.data.reference"]) == {"graded"}
+    assert set(trials["config.data.reference"]) == {"standard"}
     settings = trials.groupby(["config.data.image_size", trials["config.backbone.strides"].map(tuple)])
     assert settings.ngroups >= 2, "the random draws cover at least two extractor settings"
     for _, group in settings:
