@@ -165,7 +165,7 @@ def test_importance_includes_conditional_parameters(store):
         rebuild_study(mixed, at="final")
 
 
-def test_honest_spearman_and_the_gap(store):
+def test_honest_spearman_and_the_gap(store, tmp_path):
     from scipy.stats import spearmanr
 
     trials = _trials(store)
@@ -176,6 +176,14 @@ def test_honest_spearman_and_the_gap(store):
     chosen = full.loc[full["final_val_score"].idxmax()]
     assert table.loc["washer", "selected_image_auroc"] == pytest.approx(chosen["test_image_auroc"])
     assert table.loc["washer", "gap_image_auroc"] == pytest.approx(full["test_image_auroc"].max() - chosen["test_image_auroc"])
+    # with confirmation runs: the correlation over every full-budget run as well
+    confirm = write_confirmation(tmp_path, store / "sweep", {"wa0000": [0.9, 0.91]})
+    both = pd.concat([trials, read_results([str(confirm)]).trials], ignore_index=True)
+    table = honest(both).set_index("category")
+    every = both[(both["category"] == "washer") & (both["status"] == "completed") & both["test_image_auroc"].notna()]
+    assert table.loc["washer", "runs_all"] == len(every) > len(full)
+    assert table.loc["washer", "rho_all_image_auroc"] == pytest.approx(
+        spearmanr(every["final_val_score"], every["test_image_auroc"])[0])
 
 
 def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
