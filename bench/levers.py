@@ -20,7 +20,6 @@ range) and writes ``levers.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -85,45 +84,10 @@ def run_train(args: argparse.Namespace) -> None:
         time.sleep(2)
 
 
-def evaluate_row(path: Path, data_root: str, validation, scoring: dict) -> dict:
-    import torch
-
-    from ssnf.checkpoint import load_checkpoint
-    from ssnf.config import SSNFConfig, from_dict, merge, to_dict
-    from ssnf.data.dataset import decode_split
-    from ssnf.data.layouts import load_index
-    from ssnf.data.splits import make_splits
-    from ssnf.features import load_images
-    from ssnf.inference import Detector
-    from ssnf.prepared import build_validation
-    from ssnf.synthesis.nuisance import measure_ranges
-    from ssnf.synthesis.patches import object_regions
-    from ssnf.validation import validate
-    from robustness import robustness_row
-
-    ckpt = load_checkpoint(path)
-    model, cfg = ckpt.model, ckpt.config
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
-    if validation is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, reference=validation[0],
-                                                                nuisance=validation[1]))
-    cfg = from_dict(SSNFConfig, merge(to_dict(cfg), {f"scoring.{k}": v for k, v in scoring.items()}))
-    splits = make_splits(load_index(cfg.data), cfg.data)
-    size = cfg.data.image_size
-    train_images = load_images(splits.train, size)
-    ranges = measure_ranges(train_images, all(r is None for r in object_regions(train_images)))
-    val = build_validation(model.extractor, load_images(splits.val, size), cfg.data.seed, "cpu", cfg.data.reference,
-                           cfg.data.nuisance, ranges)
-    report = validate(model, val, cfg.scoring, size, "cpu", cfg.threshold)
-    detector = Detector(model, cfg)
-    detector.calibrate(val)
-    row = robustness_row(detector, decode_split(splits.test, size))
-    row.update({k: report.get(k) for k in ("val_score", "val_score_clean", "val_nuisance_fpr")})
-    return row
-
-
 def run_table(args: argparse.Namespace) -> None:
     import torch
+
+    from robustness import evaluate_checkpoint
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -133,7 +97,7 @@ def run_table(args: argparse.Namespace) -> None:
             seeds = sorted(p for p in (out / "runs" / category).glob(f"{variant}-seed*")
                            if (p / "checkpoint.pt").is_file() and (p / "metrics.json").is_file())
             for folder in seeds:
-                row = evaluate_row(folder / "checkpoint.pt", args.data_root, validation, scoring)
+                row = evaluate_checkpoint(folder / "checkpoint.pt", args.data_root, validation, scoring)
                 row.update(category=category, row=name, variant=variant, run=str(folder))
                 results.append(row)
                 print(f"{category} | {name} | {folder.name}: {row['image_auroc']:.3f} / {row['pixel_auroc']:.3f} / "

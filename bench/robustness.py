@@ -3,7 +3,8 @@
     python bench/robustness.py test --checkpoints runs/a/checkpoint.pt,runs/b/checkpoint.pt --out bench/results/x
     python bench/robustness.py validation --checkpoint runs/a/checkpoint.pt
 
-``test`` (per checkpoint, on its own category's test split at the model's size): the test metrics (image AUROC,
+``test`` (per checkpoint, a sweep trial's slim one too: validated again as in training, its thresholds set on its
+validation normals; then its own category's test split at the model's size): the test metrics (image AUROC,
 pixel AUROC, AUPRO), then the test split's *good* images under each transform of ``SHIFTS`` — a fixed,
 documented set, different from validation's random draws (``ssnf.synthesis.nuisance``): its magnitudes lie at or
 beyond validation's ranges — scored through ``Detector``: the false-positive rate at the model's own image
@@ -20,6 +21,7 @@ Writes ``robustness.json`` (``test``) under ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -81,25 +83,52 @@ def robustness_row(detector, test) -> dict:
     return row
 
 
-def run_test(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    import torch
-
+def evaluate_checkpoint(path, data_root: str = "", validation=None, scoring: dict | None = None) -> dict:
+    """``robustness_row`` of the model in ``path`` (a checkpoint, a sweep trial's slim one too): validated again
+    (its scoring chosen on validation as in training; ``validation``: another (reference, nuisance) recipe;
+    ``scoring``: scoring keys to fix), its thresholds set on its validation normals, then the test split. Returns
+    the row with the validation figures."""
+    from ssnf.checkpoint import load_checkpoint
+    from ssnf.config import SSNFConfig, from_dict, merge, to_dict
     from ssnf.data.dataset import decode_split
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
+    from ssnf.features import load_images
     from ssnf.inference import Detector
+    from ssnf.prepared import build_validation
+    from ssnf.synthesis.nuisance import measure_ranges
+    from ssnf.synthesis.patches import object_regions
+    from ssnf.validation import validate
+
+    ckpt = load_checkpoint(path)
+    model, cfg = ckpt.model, ckpt.config
+    if data_root:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+    if validation is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, reference=validation[0],
+                                                                nuisance=validation[1]))
+    cfg = from_dict(SSNFConfig, merge(to_dict(cfg), {f"scoring.{k}": v for k, v in (scoring or {}).items()}))
+    splits = make_splits(load_index(cfg.data), cfg.data)
+    size = cfg.data.image_size
+    train_images = load_images(splits.train, size)
+    ranges = measure_ranges(train_images, all(r is None for r in object_regions(train_images)))
+    val = build_validation(model.extractor, load_images(splits.val, size), cfg.data.seed, "cpu", cfg.data.reference,
+                           cfg.data.nuisance, ranges)
+    report = validate(model, val, cfg.scoring, size, "cpu", cfg.threshold)
+    detector = Detector(model, cfg)
+    detector.calibrate(val)
+    row = robustness_row(detector, decode_split(splits.test, size))
+    row.update({k: report.get(k) for k in ("val_score", "val_score_clean", "val_nuisance_fpr")})
+    return row
+
+
+def run_test(args: argparse.Namespace) -> None:
+    import torch
 
     torch.set_num_threads(args.threads)
     results = []
     for path in args.checkpoints.split(","):
-        detector = Detector.load(path)
-        data = detector.cfg.data
-        if args.data_root:
-            data = dataclasses.replace(data, root=args.data_root)
-        test = decode_split(make_splits(load_index(data), data).test, data.image_size)
-        row = robustness_row(detector, test)
+        row = evaluate_checkpoint(Path(path), args.data_root)
         row["checkpoint"] = path
         results.append(row)
         print(f"{row['category']} seed {row['seed']} {path}: test {row['image_auroc']:.3f} / "
@@ -114,8 +143,6 @@ def run_test(args: argparse.Namespace) -> None:
 
 
 def run_validation(args: argparse.Namespace) -> None:
-    import dataclasses
-
     import torch
 
     from ssnf.config import MAP_KINDS
