@@ -583,20 +583,21 @@ def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:
 def best_table(outcomes: list[CategoryOutcome]) -> str:
     """The per-category best, by final validation score among trials that trained the full budget."""
     varying = ("config.model.blocks", "config.model.hidden", "config.model.couplings", "config.loss.weight",
-               "config.loss.form", "config.train.lr")
-    lines = ["| category | trials (completed/stopped/failed) | best trial | val_score | test image AUROC | "
-             "test pixel AUROC | test AUPRO | scoring (pixel map; image score) | "
+               "config.loss.form", "config.train.lr", "config.train.augment", "config.bank.enabled")
+    lines = ["| category | trials (completed/stopped/failed) | best trial | val_score | val_score clean; nuisance FPR "
+             "| test image AUROC | test pixel AUROC | test AUPRO | scoring (pixel map; image score) | "
              + " | ".join(v.removeprefix("config.") for v in varying) + " |",
-             "|---" * (8 + len(varying)) + "|"]
+             "|---" * (9 + len(varying)) + "|"]
     for o in outcomes:
         counts = o.trials["status"].value_counts().to_dict() if len(o.trials) else {}
         tally = f"{counts.get('completed', 0)}/{counts.get('stopped', 0)}/{counts.get('diverged', 0) + counts.get('error', 0)}"
         if o.best is None:
-            lines.append(f"| {o.category} | {tally} | none completed |" + " |" * (5 + len(varying)))
+            lines.append(f"| {o.category} | {tally} | none completed |" + " |" * (6 + len(varying)))
             continue
         b = o.best
         lines.append(
-            f"| {o.category} | {tally} | {b['trial_id']} | {b['final_val_score']:.4f} | {_num(b['test_image_auroc'])} | "
+            f"| {o.category} | {tally} | {b['trial_id']} | {b['final_val_score']:.4f} | "
+            f"{_num(b.get('final_val_score_clean'))}; {_num(b.get('final_val_nuisance_fpr'))} | {_num(b['test_image_auroc'])} | "
             f"{_num(b['test_pixel_auroc'])} | {_num(b['test_aupro'])} | {b['final_val_map']}; "
             f"{b['final_val_image_score']} of {b['final_val_image_map']} | " + " | ".join(_cell(b[v]) for v in varying) + " |")
     return "\n".join(lines)
