@@ -75,10 +75,12 @@ def validate(model: SSNFModel, val: ValidationSet, cfg: ScoringConfig, size: int
         clean_img = image_auroc(labels[keep], scores[keep])
         clean_pix = pixel_auroc(val.masks[keep], maps[chosen.map][torch.from_numpy(keep)].numpy())
         anomalous = labels == 1
-        cut, _ = image_threshold(scores[clean], scores[anomalous], threshold or ThresholdConfig())
+        # the threshold needs 2 clean normals (a sweep trial may have fewer: no rate then)
+        cut = (image_threshold(scores[clean], scores[anomalous], threshold or ThresholdConfig())[0]
+               if clean.sum() >= 2 else float("nan"))
         versus = np.r_[np.zeros(int(shifted.sum())), np.ones(int(anomalous.sum()))]
         report.update(val_image_auroc_clean=clean_img, val_pixel_auroc_clean=clean_pix,
                       val_score_clean=0.5 * (clean_img + clean_pix),
-                      val_nuisance_fpr=float((scores[shifted] > cut).mean()),
+                      val_nuisance_fpr=float((scores[shifted] > cut).mean()) if cut == cut else float("nan"),
                       val_nuisance_image_auroc=image_auroc(versus, np.r_[scores[shifted], scores[anomalous]]))
     return report

@@ -65,7 +65,7 @@ def test_bad_input_is_one_line(store, tmp_path):
     old.mkdir(parents=True)
     table = pq.read_table(next((store / "sweep" / "results" / "trials").glob("*.parquet")))
     pq.write_table(table.replace_schema_metadata({"ssnf_schema_version": "8"}), old / "x.parquet")
-    with pytest.raises(ResultsError, match="schema version 8 .*reads version 11"):
+    with pytest.raises(ResultsError, match="schema version 8 .*reads version 12"):
         read_results([store / "sweep", tmp_path / "old"])
     trials = _trials(store)
     with pytest.raises(ResultsError, match="category bolts is not in the results"):

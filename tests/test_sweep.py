@@ -435,7 +435,7 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--space", "nope"], "unknown search space 'nope'; known: paper, smoke"),
+    (["--space", "nope"], "unknown search space 'nope'; known: paper, robust, smoke"),
     (["--categories", "bottle"], "category 'bottle' not found in"),
     (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
     (["--resume", "--name", "never-ran"], "--resume: nothing to resume at"),
