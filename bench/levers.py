@@ -6,7 +6,9 @@
 
 ``train`` runs ``ssnf train`` for each category, seed and trained variant (``VARIANTS``; each the default config
 with graded validation and nuisance normals, ``data.nuisance=full``, plus one lever), ``--parallel`` runs at once
-with one thread each; a run whose ``metrics.json`` exists is skipped (resumable).
+with one thread each; a run whose ``metrics.json`` exists is skipped (resumable). ``--flows-from SWEEPS...``: the
+``flows`` variant is not trained but taken from confirmation runs of the sweep's baseline trial (ssnf's default,
+which a sweep's confirmation re-trains with new seeds: the same config and budget), found in those experiments.
 
 ``table`` evaluates each row of ``ROWS`` on every seed: a row is a trained variant, possibly re-validated under
 another recipe or with its scoring fixed (the validation recipe and the scoring candidates change which maps
@@ -54,8 +56,35 @@ def run_dir(out: Path, category: str, variant: str, seed: int) -> Path:
     return out / "runs" / category / f"{variant}-seed{seed}"
 
 
+def link_flows(out: Path, experiments: list[str]) -> set[tuple[str, int]]:
+    """Link the confirmation runs of each sweep's baseline trial as ``runs/<category>/flows-seed<s>``; returns the
+    (category, seed) pairs linked."""
+    import pandas as pd
+
+    from analysis.selection import is_baseline
+    from ssnf.results import read_results
+
+    trials = read_results(experiments).trials
+    baselines = {r["trial_id"] for _, r in trials[trials["confirms"].isna()].iterrows() if is_baseline(r)}
+    linked = set()
+    for _, row in trials[trials["confirms"].isin(baselines) & (trials["status"] == "completed")].iterrows():
+        folder = run_dir(out, row["category"], "flows", int(row["seed"]))
+        experiment = next(e for e in experiments if Path(e).name == row["experiment"])
+        found = sorted(Path(experiment, row["category"]).glob(f"*{row['trial_id']}*/checkpoint_*/checkpoint.pt"))
+        if not found or pd.isna(row["seed"]):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        (folder / "checkpoint.pt").symlink_to(found[-1])
+        (folder / "metrics.json").write_text(json.dumps({"from": str(found[-1]), "trial_id": row["trial_id"]}))
+        linked.add((row["category"], int(row["seed"])))
+    return linked
+
+
 def run_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    if args.flows_from:
+        print("flows variant linked from confirmation runs:", sorted(link_flows(out, args.flows_from)), flush=True)
     jobs = []
     for category in args.categories.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -136,6 +165,8 @@ def main() -> None:
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--parallel", type=int, default=2)
     t.add_argument("--out", required=True)
+    t.add_argument("--flows-from", nargs="*", default=[], help="experiments whose confirmation runs of the baseline "
+                                                                 "give the flows variant")
     b = sub.add_parser("table")
     b.add_argument("--data-root", required=True)
     b.add_argument("--out", required=True)
