@@ -176,7 +176,8 @@ def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> 
         if won:
             return (f"provisional: best final val_score {row['sweep_val_score']:.4f} of the category's full-budget "
                     f"trials, one seed; not confirmed (tune_main.py --confirm candidates.parquet)")
-        return f"provisional rank {row['rank']} of {n_cand} (val_score {row['sweep_val_score']:.4f}, one seed)"
+        default = "; the default config (the sweep's baseline trial)" if row["baseline"] else ""
+        return f"provisional: sweep rank {row['rank']} (val_score {row['sweep_val_score']:.4f}, one seed){default}"
     if row["n_seeds"] == 0:
         return "no completed confirmation run: cannot win"
     if won:
