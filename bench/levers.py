@@ -68,11 +68,11 @@ def link_flows(out: Path, experiments: list[str]) -> set[tuple[str, int]]:
     baselines = {r["trial_id"] for _, r in trials[trials["confirms"].isna()].iterrows() if is_baseline(r)}
     linked = set()
     for _, row in trials[trials["confirms"].isin(baselines) & (trials["status"] == "completed")].iterrows():
-        folder = run_dir(out, row["category"], "flows", int(row["seed"]))
         experiment = next(e for e in experiments if Path(e).name == row["experiment"])
         found = sorted(Path(experiment, row["category"]).glob(f"*{row['trial_id']}*/checkpoint_*/checkpoint.pt"))
         if not found or pd.isna(row["seed"]):
             continue
+        folder = run_dir(out, row["category"], "flows", int(row["seed"]))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         (folder / "checkpoint.pt").symlink_to(found[-1])
