@@ -6,6 +6,8 @@
         --num-samples 32 --max-epochs 15 --cpus-per-trial 2 --gpus-per-trial 0.25 --max-concurrent 4
     python tune_main.py ... --name my-sweep --resume   # continue an interrupted sweep
     python tune_main.py ... --address auto             # on an existing Ray cluster (see cluster/)
+    python tune_main.py ... --space cost --objectives val_score,infer_ms --max-ms 40
+                                             # the best detectors within 40 ms/image: a Pareto front per category
     python tune_main.py --confirm best/candidates.parquet --seeds 3 --name my-sweep-confirm
                                              # re-train `python -m analysis select`'s candidates with new seeds
 
@@ -55,6 +57,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--trial-memory", type=float, default=0.0, metavar="GIB",
                    help="memory a trial may allocate; a trial that needs more ends as an error and the sweep goes on "
                         "(default 0: 60 %% of its node's memory over --max-concurrent)")
+    p.add_argument("--objectives", default="val_score",
+                   help="comma-separated: val_score and up to two costs (infer_ms, infer_ms_b32, gflops, params); "
+                        "several give one Pareto front per category (default val_score)")
+    p.add_argument("--max-ms", type=float, default=0.0, metavar="MS",
+                   help="a trial whose detector takes longer per image at batch 1 (measured on its node before "
+                        "training) ends at once as infeasible (default 0: no bound)")
+    p.add_argument("--max-gflops", type=float, default=0.0, metavar="GFLOP",
+                   help="likewise for GFLOP per image (default 0: no bound)")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not run the space's baseline (ssnf's default config) as the first trial")
     p.add_argument("--no-shared-features", action="store_true",
@@ -108,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scheduler=args.scheduler, base=base, share_features=not args.no_shared_features,
             shared_storage=args.shared_storage, trial_niceness=args.trial_niceness, confirm=args.confirm,
             seeds=args.seeds, baseline=not args.no_baseline, trial_memory=args.trial_memory,
+            objectives=args.objectives, max_ms=args.max_ms, max_gflops=args.max_gflops,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:

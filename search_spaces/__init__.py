@@ -26,4 +26,4 @@ SPACES: Registry[Space] = Registry("search space")
 register_space = SPACES.register
 
 
-from search_spaces import paper, robust, smoke  # noqa: E402,F401  (registration)
+from search_spaces import cost, paper, robust, smoke  # noqa: E402,F401  (registration)

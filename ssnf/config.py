@@ -96,6 +96,10 @@ class ModelConfig:
     attn_kv_size: int = 16  # attention keys/values pooled to at most this many positions a side
     pos_encoding: bool = True
     couplings: int = 10
+    # per feature scale (finest first), cheaper flows where a scale needs less: couplings and subnet widths of
+    # each scale's flow; empty: `couplings` / `hidden` on every scale
+    scale_couplings: tuple[int, ...] = ()
+    scale_hidden: tuple[int, ...] = ()
     clamp: float = 2.0  # affine clamp of the couplings
     permute_soft: bool = False  # random rotations instead of hard channel permutations
     norm: str = "fixed"  # none | fixed | actnorm: the per-channel affine in front of each flow
@@ -107,6 +111,12 @@ class ModelConfig:
             raise ConfigError(f"model.hidden={self.hidden} and model.couplings={self.couplings} must be positive")
         if self.hidden % self.heads:
             raise ConfigError(f"model.heads={self.heads} does not divide model.hidden={self.hidden}")
+        if any(c < 1 for c in self.scale_couplings):
+            raise ConfigError(f"model.scale_couplings={list(self.scale_couplings)}: each scale needs at least 1 coupling")
+        bad = [h for h in self.scale_hidden if h < 4 or h % self.heads]
+        if bad:
+            raise ConfigError(f"model.scale_hidden={list(self.scale_hidden)}: width {bad[0]} must be at least 4 and a "
+                              f"multiple of model.heads={self.heads}")
         if self.clamp <= 0:
             raise ConfigError(f"model.clamp={self.clamp} must be positive")
         if self.norm not in ("none", "fixed", "actnorm"):

@@ -33,11 +33,14 @@ from pyarrow import fs as pafs
 
 from ssnf import __version__
 from ssnf.config import SSNFConfig, flatten, to_dict
+from ssnf.cost import Cost
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 
-SCHEMA_VERSION = 12
-STATUSES = ("completed", "stopped", "diverged", "error")
+SCHEMA_VERSION = 13
+STATUSES = ("completed", "stopped", "diverged", "error", "infeasible")
+# the deployment cost measured before the first epoch (ssnf.cost.Cost): cost_params, cost_gflops, ...
+COST_COLUMNS = {f"cost_{name}": kind for name, kind in Cost.fields().items()}
 # with nuisance normals (data.nuisance): val_score counts them as normals; *_clean leaves them out;
 # val_nuisance_fpr: the share of them over the image threshold set on the clean normals (NaN without them)
 VAL_METRICS = ("val_score", "val_image_auroc", "val_pixel_auroc", "val_score_clean", "val_nuisance_fpr")
@@ -86,6 +89,7 @@ def trials_schema() -> pa.Schema:
         + [pa.field(f"final_{m}", pa.string()) for m in SCORING_FIELDS]
         + [pa.field("best_val_score", pa.float64()), pa.field("best_epoch", pa.int64())]
         + [pa.field(f"test_{m}", pa.float64()) for m in TEST_METRICS]
+        + [pa.field(name, pa.int64() if kind is int else pa.float64()) for name, kind in COST_COLUMNS.items()]
     )
     tail = [
         pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()), pa.field("retries", pa.int64()),
@@ -165,6 +169,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         **{f"final_{m}": final.get(m) for m in VAL_METRICS + SCORING_FIELDS},
         "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
+        **{name: _cost(last_result.get(name), kind) for name, kind in COST_COLUMNS.items()},
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
         "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
         "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
@@ -182,6 +187,10 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         for h in history
     ]
     return row, epochs
+
+
+def _cost(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
 
 
 def write_trial(results_uri: str, row: dict, epochs: list[dict]) -> None:
@@ -330,6 +339,6 @@ def row_config(row: Any) -> dict:
     return unflatten(flat)
 
 
-__all__ = ["CONFIG_PREFIX", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
+__all__ = ["CONFIG_PREFIX", "COST_COLUMNS", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
            "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem", "full_budget",
            "ranked", "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]

@@ -470,12 +470,12 @@ def test_resources_the_cluster_cannot_grant(demo_root, ray_session, tmp_path, ca
 def test_journal_of_a_cloud_storage_is_uploaded_and_fetched_back(tmp_path):
     """Cloud storage: Optuna writes a local journal; the callback's JournalSync uploads it to the experiment
     folder, and --resume on a machine without the local copy fetches it (a file:// URI stands in for s3://)."""
-    from ssnf.tune.sweep import JournalSync, journal_uri, local_journal
+    from ssnf.tune.journal import JournalSync, journal_uri, local_journal
 
-    options = SweepOptions(data_root=".", categories=["tire"], storage=f"file://{tmp_path}/bucket", name="exp")
-    uri = journal_uri(options, "tire")
+    uri = journal_uri(f"file://{tmp_path}/bucket/exp", "tire")
     assert uri == f"file://{tmp_path}/bucket/exp/optuna/tire.journal"
-    assert local_journal(options, "tire").name == "tire.journal" and "file://" not in str(local_journal(options, "tire"))
+    local_copy = local_journal(f"file://{tmp_path}/bucket/exp", "tire")
+    assert local_copy.name == "tire.journal" and "file://" not in str(local_copy)
     local = tmp_path / "here" / "tire.journal"
     local.parent.mkdir()
     local.write_bytes(b'{"op_code": 0}\n')
@@ -491,7 +491,7 @@ def test_orphan_trials_of_an_ended_study_are_closed(tmp_path):
     marked failed, so the journal (and optuna-dashboard) shows nothing running forever."""
     import optuna
 
-    from ssnf.tune.sweep import _storage, close_orphans
+    from ssnf.tune.journal import close_orphans, storage as _storage
 
     journal = tmp_path / "optuna" / "tire.journal"
     assert close_orphans(journal, "tire") == 0  # no journal yet: nothing to do

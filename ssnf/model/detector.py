@@ -18,6 +18,15 @@ from ssnf.model.flow import ScaleFlow, seed_permutations
 from ssnf.model.subnets import CouplingSubnet, SubnetSpec, parse_blocks
 
 
+def per_scale(values: tuple[int, ...], default: int, n_scales: int, key: str) -> list[int]:
+    """One value per feature scale: ``values`` (one per scale) or, empty, ``default`` on every scale."""
+    if not values:
+        return [default] * n_scales
+    if len(values) != n_scales:
+        raise ConfigError(f"{key}={list(values)} has {len(values)} values but the backbone gives {n_scales} scales")
+    return list(values)
+
+
 class SSNFModel(nn.Module):
     """``images -> [(z, log_jac) per scale]``; only the flows train. ``bank``: the memory bank of the training
     images' patch features (``bank.enabled``; None without), scored beside the flows (``ssnf.scoring``)."""
@@ -34,17 +43,20 @@ class SSNFModel(nn.Module):
         self.thresholds: dict = {}
         self.bank: MemoryBank | None = None  # attach with ``attach_bank``
         self.precision = "fp32"  # the model's arithmetic (``set_precision``); its thresholds are keyed by it
-        stacks = parse_blocks(cfg.blocks, len(extractor.channels))
+        n = len(extractor.channels)
+        stacks = parse_blocks(cfg.blocks, n)
+        couplings = per_scale(cfg.scale_couplings, cfg.couplings, n, "model.scale_couplings")
+        hidden = per_scale(cfg.scale_hidden, cfg.hidden, n, "model.scale_hidden")
         seed_permutations(seed)
         torch.manual_seed(seed)
         self.flows = nn.ModuleList(
             ScaleFlow(
                 channels,
-                SubnetSpec.from_config(cfg, stack),
-                cfg.couplings, cfg.clamp, cfg.permute_soft, cfg.norm,
+                SubnetSpec.from_config(cfg, stack, width),
+                count, cfg.clamp, cfg.permute_soft, cfg.norm,
                 cfg.pos_channels if cfg.position else 0,
             )
-            for channels, stack in zip(extractor.channels, stacks)
+            for channels, stack, count, width in zip(extractor.channels, stacks, couplings, hidden)
         )
 
     @classmethod

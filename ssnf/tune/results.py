@@ -67,6 +67,8 @@ class ParquetResults(Callback):
             status, failure = "diverged", str(last.get("failure"))
         elif last.get("out_of_memory"):
             status, failure = "error", str(last.get("failure"))
+        elif last.get("infeasible"):
+            status, failure = "infeasible", str(last.get("failure"))
         elif len(history) < cfg.train.epochs:
             status, failure = "stopped", None
         else:

@@ -16,7 +16,6 @@ loaded cluster looked stalled.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import socket
@@ -28,9 +27,6 @@ import pandas as pd
 import ray
 from pyarrow import fs as pafs
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from ssnf.backbones.extractor import check_backbone
 from ssnf.config import SSNFConfig, flatten, from_dict, merge, to_dict
@@ -41,12 +37,12 @@ from ssnf.files import atomic_path
 from ssnf.prepared import check_splits
 from ssnf.results import filesystem, ranked, read_results, row_config
 from ssnf.tune.overrides import CONFIRMS_KEY, EXTRACTOR_KEYS, SEED_KEY, check_space
+from ssnf.tune.journal import JournalSync, close_orphans, journal_uri, local_journal, storage
 from ssnf.tune.results import ParquetResults
+from ssnf.tune.search import BUDGETS, SCHEDULERS, SEARCHERS, BudgetStopper, parse_objectives, scheduler, searcher
 from ssnf.tune.shared import start_store
 from ssnf.tune.trainable import run_trial
 
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "none")
 PROBE_TIMEOUT_S = 3.0  # how long --address may take to answer
 AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the head's autoscaling config
 
@@ -84,6 +80,9 @@ class SweepOptions:
     trial_niceness: int = 0  # CPU priority of the trials' processes (0: as any other job; Ray's default 15)
     trial_memory: float = 0.0  # GiB a trial's process may allocate (0: 60 % of its node's memory / concurrent trials)
     confirm: str | None = None  # a candidates Parquet (analysis select): re-train each with new seeds instead
+    objectives: str = "val_score"  # comma-separated (ssnf.tune.search.OBJECTIVES): several give a Pareto front
+    max_ms: float = 0.0  # a trial whose detector takes longer a image at batch 1 ends before training (0: no bound)
+    max_gflops: float = 0.0  # likewise for GFLOP per image (0: no bound)
     seeds: int = 3  # confirmation: new seeds per candidate
     verbose: int = 1
 
@@ -119,6 +118,14 @@ def check_run_options(options: SweepOptions) -> None:
         raise SSNFError(f"--trial-memory={options.trial_memory} must be 0 (automatic) or a size in GiB")
     if options.cpus_per_trial <= 0 or options.gpus_per_trial < 0:
         raise SSNFError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+    for name in BUDGETS:
+        if getattr(options, name) < 0:
+            raise SSNFError(f"--{name.replace('_', '-')}={getattr(options, name):g} must be 0 (no bound) or positive")
+
+
+def budget(options: SweepOptions) -> dict[str, float]:
+    """The sweep's cost bounds that are set (``ssnf.tune.search.BUDGETS`` option -> limit)."""
+    return {name: float(getattr(options, name)) for name in BUDGETS if getattr(options, name) > 0}
 
 
 def check_resume(options: SweepOptions) -> None:
@@ -135,6 +142,7 @@ def check_options(options: SweepOptions, spaces: dict[str, Callable]) -> dict[st
     if options.searcher not in SEARCHERS or options.scheduler not in SCHEDULERS:
         raise SSNFError(f"--searcher must be one of {SEARCHERS} and --scheduler one of {SCHEDULERS}")
     check_run_options(options)
+    parse_objectives(options.objectives)
     if not options.categories:
         raise SSNFError("no categories given: --categories a,b")
     root = Path(options.data_root).expanduser()
@@ -275,91 +283,6 @@ def _loopback(ip: str) -> bool:
         return False
 
 
-JOURNAL_DIR = "optuna"  # <experiment>/optuna/<category>.journal: the Optuna study of each category
-
-
-def journal_uri(options: SweepOptions, category: str) -> str:
-    """Where the category's Optuna study is kept, in the experiment folder (``optuna-dashboard`` opens it)."""
-    return f"{experiment_uri(options)}/{JOURNAL_DIR}/{category}.journal"
-
-
-def local_journal(options: SweepOptions, category: str) -> Path:
-    """The journal file Optuna writes: in the experiment folder on a local storage; for a cloud storage a
-    local copy (under ``~/.cache/ssnf/optuna``), uploaded after every ended trial (``JournalSync``)."""
-    uri = journal_uri(options, category)
-    if "://" not in uri:
-        return Path(uri)
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]  # one local copy per experiment URI, not per name
-    return Path("~/.cache/ssnf/optuna").expanduser() / key / f"{category}.journal"
-
-
-@dataclass
-class JournalSync:
-    """Copies a local journal to the experiment's cloud folder (called by the results callback)."""
-
-    local: str
-    uri: str
-
-    def __call__(self) -> None:
-        fs, path = filesystem(self.uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with open(self.local, "rb") as src, fs.open_output_stream(path) as dst:
-            dst.write(src.read())
-
-    def download(self) -> None:
-        """Before ``--resume``: the experiment's journal (the cloud copy is the authority) replaces the local one."""
-        fs, path = filesystem(self.uri)
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return
-        Path(self.local).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(path) as src, atomic_path(self.local) as tmp:
-            tmp.write_bytes(src.read())
-
-    def fresh(self) -> None:
-        """A new experiment: no local journal left from an earlier one at the same URI."""
-        Path(self.local).unlink(missing_ok=True)
-
-
-def _storage(journal: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
-def _searcher(options: SweepOptions, space: Callable, category: str):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    if options.searcher == "tpe":
-        # Optuna's default of 10 random start-up trials would make a budget of 8 pure random search
-        # (with the same draws as --searcher random); a third of the budget, 3 to 10, leaves TPE room to
-        # model. constant_liar keeps concurrent trials from being proposed on top of each other.
-        startup = min(10, max(3, options.num_samples // 3))
-        sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=startup, multivariate=True,
-                                             constant_liar=True)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=options.seed)
-    # the study lives in a journal file in the experiment folder: `optuna-dashboard <file>` shows the live
-    # sweep, and Ray's snapshot of the searcher reopens the same file on --resume (the same study goes on)
-    # trial 0: the space's baseline (ssnf's default config), so that the sweep's every pick is measured against
-    # the default on the same budget and the same validation set
-    baseline = getattr(space, "baseline", None) if options.baseline else None
-    search = OptunaSearch(space=space, metric="val_score", mode="max", sampler=sampler, study_name=category,
-                          storage=_storage(local_journal(options, category)),
-                          points_to_evaluate=[dict(baseline)] if baseline else None)
-    return ConcurrencyLimiter(search, max_concurrent=options.max_concurrent)
-
-
-def _scheduler(options: SweepOptions):
-    if options.scheduler == "none":
-        return None
-    return ASHAScheduler(time_attr="training_iteration", metric="val_score", mode="max", max_t=options.max_epochs,
-                         grace_period=max(1, options.max_epochs // 4), reduction_factor=2)
-
-
 def trial_dirname(trial) -> str:
     """Short trial folders (Ray's default spells the whole config into the name)."""
     return f"trial_{trial.trial_id}"
@@ -406,6 +329,9 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
         raise SSNFError(f"--confirm {file}: no candidate rows with {', '.join(sorted(needed))} "
                         "(write it with `python -m analysis select ... --out DIR`)")
     check_run_options(options)
+    if budget(options) or options.objectives != "val_score":
+        raise SSNFError("--confirm re-trains chosen candidates with new seeds: --max-ms, --max-gflops and --objectives "
+                        "belong to the sweep (select within a budget with `python -m analysis select --max-ms`)")
     categories = options.categories or list(dict.fromkeys(candidates["category"]))
     missing = [c for c in categories if c not in set(candidates["category"])]
     if missing:
@@ -469,12 +395,13 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, store=store, private_cache=not options.share_features,
                                  memory_gib=options.trial_memory, slots=options.max_concurrent,
-                                 confirming=confirming),
+                                 confirming=confirming, cost_budget=budget(options)),
             resources)
         path = f"{uri}/{category}"
+        stopper = BudgetStopper() if budget(options) and confirmation is None else None
         sync = None
         if confirmation is None and "://" in uri:
-            sync = JournalSync(str(local_journal(options, category)), journal_uri(options, category))
+            sync = JournalSync(str(local_journal(uri, category)), journal_uri(uri, category))
         if options.resume and tune.Tuner.can_restore(path):
             if sync is not None:
                 sync.download()
@@ -486,7 +413,13 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                                       space_name=None if confirmation else options.space, confirming=confirming,
                                       on_end=sync)
             if confirmation is None:
-                tune_config = tune.TuneConfig(search_alg=_searcher(options, space, category), scheduler=_scheduler(options),
+                baseline = getattr(space, "baseline", None) if options.baseline else None
+                search = searcher(space, category, storage(local_journal(uri, category)),
+                                  objectives=parse_objectives(options.objectives), budget=budget(options),
+                                  searcher_name=options.searcher, seed=options.seed, num_samples=options.num_samples,
+                                  max_concurrent=options.max_concurrent, budget_epochs=options.max_epochs,
+                                  baseline=baseline)
+                tune_config = tune.TuneConfig(search_alg=search, scheduler=scheduler(options.scheduler, options.max_epochs),
                                               num_samples=options.num_samples, trial_dirname_creator=trial_dirname)
                 param_space = None
             else:  # a fixed grid: every candidate with every new seed, no early stopping
@@ -500,7 +433,7 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                     name=category, storage_path=uri, verbose=options.verbose,
                     failure_config=tune.FailureConfig(max_failures=2),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[callback],
+                    callbacks=[callback], stop=stopper,
                 ),
             )
         try:
@@ -509,6 +442,8 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
             if store is not None:
                 write_feature_stats(uri, category, ray.get(store.stats.remote()), options.verbose)
                 ray.kill(store)  # its feature sets leave the object store before the next category's
+        if stopper is not None and stopper.gave_up:
+            raise SSNFError(stopper.message(budget(options), options.space))
         expected = confirmation.runs if confirmation else options.num_samples
         ended = read_trials(uri)
         ended = ended[ended["category"] == category]["trial_id"].nunique() if len(ended) else 0
@@ -517,7 +452,7 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                 f"the sweep stopped with {ended} of {expected} trials of {category} ended; "
                 f"continue with --name {options.name} --resume")
         if confirmation is None:
-            close_orphans(local_journal(options, category), category)
+            close_orphans(local_journal(uri, category), category)
             if sync is not None:
                 sync()
     return summarize(uri, list(plans))
@@ -549,25 +484,6 @@ def write_feature_stats(uri: str, category: str, stats: list[dict], verbose: int
             print(f"  {s['features_id']}  {s['backbone']:<22} strides {','.join(map(str, s['strides'])):<8} "
                   f"{s['image_size']:>4} px  prepared in {s['prepare_s']:7.1f} s  {s['bytes'] / 2**20:8.1f} MiB  "
                   f"{s['trials']:3d} trials")
-
-
-def close_orphans(journal: Path, category: str) -> int:
-    """After a study's every trial ended: mark the journal's trials still ``RUNNING`` as failed. Those were
-    asked for just before an interrupt and never ran (the resumed searcher asks anew), so the study and
-    ``optuna-dashboard`` show no trial running forever. Returns how many."""
-    import optuna
-
-    if not journal.is_file():
-        return 0
-    storage = _storage(journal)
-    try:
-        study = optuna.load_study(study_name=category, storage=storage)
-    except KeyError:  # no study of that name in the file
-        return 0
-    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for trial in orphans:
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    return len(orphans)
 
 
 def summarize(uri: str, categories: list[str]) -> list[CategoryOutcome]:
@@ -611,4 +527,4 @@ def _num(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
-__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "journal_uri", "run_sweep", "summarize"]
+__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]

@@ -16,7 +16,9 @@ The prepared data (features, validation set, decoded test split, the frozen extr
 memory bank when ``bank.enabled``) of the trial's extractor setting come from the category's ``FeatureStore`` through Ray's object store
 (``ssnf.tune.shared``): a trial on any node of a cluster needs neither the dataset nor the weights cache,
 and each setting is prepared once per sweep. Each report also names where the trial ran (Ray node id, GPU
-ids, torch device, process niceness) and what getting the data cost.
+ids, torch device, process niceness) and what getting the data cost, and what the trial's detector costs in deployment (``trial_cost``: parameters,
+GFLOP and ms per image at batch 1 and 32, measured before the first epoch on the trial's node and threads); a
+trial over the sweep's budget (``--max-ms``, ``--max-gflops``) reports ``infeasible`` with its cost and ends.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ssnf.paths import FEATURES_ENV
 from ssnf.prepared import PreparedData
 from ssnf.training import TrainingDiverged, train
 from ssnf.tune.overrides import trial_config
+from ssnf.tune.search import INFEASIBLE_KEY, budget_violation
 
 HISTORY = "history.json"  # a trial checkpoint's epoch reports, readable without loading the checkpoint
 
@@ -67,10 +70,27 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
+def trial_cost(cfg, bank) -> dict:
+    """The trial's deployment cost (``ssnf.cost``), measured here, on the trial's node and threads, before it
+    trains: ``cost_*`` result keys."""
+    import torch
+
+    from ssnf.cost import measure_cost
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    from ssnf.training import resolve_device
+
+    cost = measure_cost(cfg, bank=bank, device=resolve_device(cfg.train.device))
+    return {f"cost_{k}": v for k, v in cost.as_dict().items()}
+
+
 def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
-              confirming: dict | None = None, memory_gib: float = 0.0, slots: int = 1) -> None:
+              confirming: dict | None = None, memory_gib: float = 0.0, slots: int = 1,
+              cost_budget: dict | None = None) -> None:
     """One trial; ``store``: the category's ``FeatureStore`` actor (None: the trial prepares its own data);
-    ``memory_gib``/``slots``: its memory budget (``memory_budget``)."""
+    ``memory_gib``/``slots``: its memory budget (``memory_budget``); ``cost_budget``: its cost bounds
+    (``ssnf.tune.search.BUDGETS``): over them it ends before training, as infeasible."""
     cfg = trial_config(base, config, confirming)
     where = placement()
     # the trials that can run at once on this node: the sweep's concurrency, at most the node's CPUs' worth
@@ -88,6 +108,15 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         bank = ray.get(shared.bank) if shared.bank is not None else None
         where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_prepare_s=shared.prepare_s,
                      data_bytes=shared.nbytes + shared.bank_bytes, features_id=shared.features_id)
+    where.update(trial_cost(cfg, bank))
+    violation = budget_violation(where, cost_budget or {})
+    if violation > 0:
+        limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
+        tune.report({INFEASIBLE_KEY: 1.0, "val_score": float("nan"), "cost_violation": violation, **where,
+                     "failure": f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at batch 1, "
+                                f"{where['cost_gflops']:.2f} GFLOP/image"})
+        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
+        return
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
