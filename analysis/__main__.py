@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-baseline", action="store_true",
                    help="leave the sweep's baseline trial (the default config) out of the candidates")
     s.add_argument("--categories", help="comma-separated (default: every category in the results)")
+    s.add_argument("--max-ms", type=float, default=0.0, metavar="MS",
+                   help="only detectors within MS per image at batch 1 (as measured in the sweep) can be chosen")
+    s.add_argument("--max-gflops", type=float, default=0.0, metavar="GFLOP", help="likewise for GFLOP per image")
 
     i = sub.add_parser("importance", help="parameter importance per category (fANOVA, PED-ANOVA)")
     i.add_argument("results", nargs="+", help=results_help)
@@ -70,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "select":
             from analysis.selection import select, summary, write_selection
 
-            selection = select(results, k=args.k, categories=_categories(args.categories), baseline=not args.no_baseline)
+            for flag in ("max_ms", "max_gflops"):
+                if getattr(args, flag) < 0:
+                    raise SSNFError(f"--{flag.replace('_', '-')}={getattr(args, flag):g} must be 0 (no bound) or positive")
+            selection = select(results, k=args.k, categories=_categories(args.categories), baseline=not args.no_baseline,
+                               budget={"max_ms": args.max_ms, "max_gflops": args.max_gflops})
             written = write_selection(selection, args.out)
             print(summary(selection))
             print("\nwrote " + ", ".join(str(p) for p in written))

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.selection import full_budget, sweep_rows  # noqa: E402
+from analysis.selection import full_budget, is_baseline, pareto_front, sweep_rows  # noqa: E402
 
 STATUS_COLORS = {"completed": "tab:green", "stopped": "tab:blue", "diverged": "tab:orange", "error": "tab:red"}
 
@@ -190,5 +190,46 @@ def comparison(table: pd.DataFrame):
             ax.bar(np.arange(3) + i * width, [r[m] for m in metrics], width=width, label=r["method"])
         ax.set_xticks(np.arange(3) + 0.4 - width / 2, metrics)
         ax.set(title=cat, ylim=(0.5, 1.0), ylabel="test (reported only)")
+        ax.legend(fontsize=6)
+    return fig
+
+
+def pareto(trials: pd.DataFrame, table: pd.DataFrame | None = None, max_ms: float = 0.0):
+    """Per category: each full-budget sweep trial's final val_score against its detector's ms/image at batch 1
+    (measured before training), the Pareto front as a step line, the budget as a vertical line, trials that
+    did not train the full budget as ticks on the cost axis (infeasible: red), the default config (the sweep's
+    baseline) and the pick of ``table`` (``select``'s; its confirmed mean where confirmed) marked."""
+    front = pareto_front(trials)
+    sweep = sweep_rows(trials)
+    cats = list(dict.fromkeys(sweep["category"]))
+    fig, axes = _grid(len(cats), width=5.2, height=3.8)
+    for ax, cat in zip(axes, cats):
+        rows = front[front["category"] == cat]
+        ax.scatter(rows["cost_infer_ms_b1"], rows["final_val_score"], s=16, c="tab:grey", label="full-budget trial")
+        on = rows[rows["on_front"]]
+        ax.step(on["cost_infer_ms_b1"], on["final_val_score"], where="post", c="tab:green", lw=1.2, label="Pareto front")
+        ax.scatter(on["cost_infer_ms_b1"], on["final_val_score"], s=22, c="tab:green")
+        short = sweep[(sweep["category"] == cat) & ~sweep["trial_id"].isin(set(rows["trial_id"]))]
+        low = ax.get_ylim()[0] if len(rows) else 0.0
+        for status, color in (("stopped", "tab:blue"), ("infeasible", "tab:red")):
+            part = short[short["status"] == status]
+            ax.scatter(part["cost_infer_ms_b1"], [low] * len(part), marker="|", s=60, c=color,
+                       label=f"{status} ({len(part)})" if len(part) else None)
+        base = sweep[(sweep["category"] == cat)]
+        base = base[base.apply(is_baseline, axis=1)] if len(base) else base
+        for _, b in base.iterrows():
+            ax.axvline(b["cost_infer_ms_b1"], c="k", ls=":", lw=1, label=f"default: {b['cost_infer_ms_b1']:.0f} ms")
+        if table is not None and len(table):
+            mine = table[table["category"] == cat]
+            for _, r in mine[mine["chosen"] | mine["baseline"]].iterrows():
+                y = r["val_mean"] if r["n_seeds"] else r["sweep_val_score"]
+                if pd.isna(y):
+                    continue
+                ax.scatter([r["infer_ms_b1"]], [y], marker="*" if r["chosen"] else "D", s=120 if r["chosen"] else 50,
+                           c="tab:orange" if r["chosen"] else "k", zorder=5,
+                           label=("pick" if r["chosen"] else "default") + (" (confirmed mean)" if r["n_seeds"] else ""))
+        if max_ms:
+            ax.axvline(max_ms, c="tab:red", ls="--", lw=1, label=f"budget {max_ms:g} ms")
+        ax.set(title=cat, xlabel="ms / image at batch 1 (measured before training)", ylabel="final val_score")
         ax.legend(fontsize=6)
     return fig

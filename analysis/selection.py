@@ -11,6 +11,12 @@ The *baseline*: a space with a ``baseline`` point (``search_spaces/paper.py``: s
 it as the sweep's trial 0. ``select`` adds that trial to the candidates (whatever its rank, even if ASHA
 stopped it), so the confirmation re-trains the default too and the pick is measured against it on the
 same budget, seeds and validation set; the default can win.
+
+Under a budget (``select --max-ms MS`` / ``--max-gflops``): a candidate is *eligible* when its detector's
+measured cost (``cost_infer_ms_b1`` / ``cost_gflops``: the median over its sweep trial and its confirmation
+runs, each measured before training on its own node) is within it. Only eligible trials are ranked and can
+win; the baseline stays a candidate over the budget (it is what the pick is measured against) but cannot be
+chosen. ``pareto_front`` marks the full-budget trials no other trial beats on both val_score and cost.
 """
 
 from __future__ import annotations
@@ -26,8 +32,33 @@ import pandas as pd
 from ssnf.results import CONFIG_PREFIX, Results, ResultsError, full_budget, ranked, row_config
 
 TESTS = ("test_image_auroc", "test_pixel_auroc", "test_aupro")
-__all__ = ["Selection", "candidates", "confirmation_rows", "deployable", "full_budget", "ranked", "select", "summary",
-           "sweep_rows", "write_selection"]
+COSTS = ("cost_infer_ms_b1", "cost_infer_ms_b32", "cost_gflops", "cost_params")  # carried into the selection
+BUDGET_COSTS = {"max_ms": "cost_infer_ms_b1", "max_gflops": "cost_gflops"}  # select's bound -> the cost it bounds
+__all__ = ["Selection", "candidates", "confirmation_rows", "deployable", "full_budget", "pareto_front", "ranked",
+           "select", "summary", "sweep_rows", "within_budget", "write_selection"]
+
+
+def within_budget(rows: pd.DataFrame, budget: dict[str, float]) -> pd.Series:
+    """Per row: every bounded cost (``BUDGET_COSTS``) measured and within its limit (no budget: all True)."""
+    ok = pd.Series(True, index=rows.index)
+    for name, limit in budget.items():
+        if limit and limit > 0:
+            ok &= rows[BUDGET_COSTS[name]].le(limit).fillna(False)
+    return ok
+
+
+def pareto_front(trials: pd.DataFrame, cost: str = "cost_infer_ms_b1") -> pd.DataFrame:
+    """The category-wise full-budget sweep trials, column ``on_front``: no other trial of its category has a
+    higher ``final_val_score`` at a cost no higher (or the same score cheaper). Sorted by category and cost."""
+    full = full_budget(sweep_rows(trials))
+    full = full[full[cost].notna()].sort_values(["category", cost, "final_val_score"], ascending=[True, True, False])
+    on = []
+    for _, group in full.groupby("category", sort=False):
+        best = -np.inf
+        for _, r in group.iterrows():  # cheapest first: a trial is on the front when it beats every cheaper one
+            on.append(bool(r["final_val_score"] > best))
+            best = max(best, r["final_val_score"])
+    return full.assign(on_front=on).reset_index(drop=True)
 
 
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:
@@ -50,10 +81,11 @@ def is_baseline(row: pd.Series) -> bool:
     return params == base
 
 
-def candidates(trials: pd.DataFrame, k: int | None = 3, categories: list[str] | None = None) -> pd.DataFrame:
+def candidates(trials: pd.DataFrame, k: int | None = 3, categories: list[str] | None = None,
+               budget: dict[str, float] | None = None) -> pd.DataFrame:
     """Per category, the ``k`` full-budget sweep trials with the highest final ``val_score`` (column ``rank``,
-    1 = best; ties by trial id; ``k=None``: all of them). One line names a category that is missing or has no
-    full-budget trial."""
+    1 = best; ties by trial id; ``k=None``: all of them), within ``budget`` where one is given. One line names a
+    category that is missing or has no full-budget trial (within the budget)."""
     if k is not None and k < 1:
         raise ResultsError(f"--k={k} must be at least 1")
     sweep = sweep_rows(trials)
@@ -72,6 +104,14 @@ def candidates(trials: pd.DataFrame, k: int | None = 3, categories: list[str] | 
             counts = ", ".join(f"{n} {s}" for s, n in rows["status"].value_counts().items())
             raise ResultsError(f"category {category}: none of its {len(rows)} trials trained the full budget "
                                f"({counts}): run more trials or a larger budget")
+        if budget:
+            inside = full[within_budget(full, budget)]
+            if not len(inside):
+                col = BUDGET_COSTS[next(iter(budget))]
+                raise ResultsError(f"category {category}: none of its {len(full)} full-budget trials is within "
+                                   f"{_limits(budget)} (the cheapest: {full[col].min():.4g}): raise the budget or "
+                                   "sweep a cheaper space (tune_main.py --space cost --max-ms ...)")
+            full = inside
         top = ranked(full).copy()
         top.insert(0, "rank", range(1, len(top) + 1))
         out.append(top if k is None else top.head(k))
@@ -92,11 +132,21 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
-def select(results: Results, k: int = 3, categories: list[str] | None = None, baseline: bool = True) -> Selection:
+def _limits(budget: dict[str, float]) -> str:
+    return " and ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in budget.items() if v)
+
+
+def select(results: Results, k: int = 3, categories: list[str] | None = None, baseline: bool = True,
+           budget: dict[str, float] | None = None) -> Selection:
     """Provisional pick (no confirmation runs of a category in ``results``: the sweep's best) or confirmed
     pick (the candidate with the best mean validation score over its confirmation seeds). ``baseline``: the
-    sweep's baseline trial is a candidate too (rank 0 when it did not train the full budget)."""
-    everyone = candidates(results.trials, None, categories)  # every full-budget trial, ranked
+    sweep's baseline trial is a candidate too (rank 0 when it did not train the full budget, or is over the
+    budget). ``budget``: ``{"max_ms": MS, "max_gflops": G}``; only candidates within it can win."""
+    budget = {name: float(v) for name, v in (budget or {}).items() if v}
+    unknown = sorted(set(budget) - set(BUDGET_COSTS))
+    if unknown:
+        raise ResultsError(f"unknown budget {unknown[0]!r}; known: {', '.join(BUDGET_COSTS)}")
+    everyone = candidates(results.trials, None, categories, budget)  # every full-budget trial within it, ranked
     if baseline:  # the default config's trial, wherever ASHA left it
         sweep = sweep_rows(results.trials)
         base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
@@ -138,21 +188,27 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
             **{f"sweep_{t}": c[t] for t in TESTS},
             **{f"seeds_{t}_mean": float(runs[t].mean()) if len(runs) else float("nan") for t in TESTS},
         }
+        for col in COSTS:  # the median of its measurements: the sweep trial's and its confirmation runs'
+            measured = pd.concat([pd.Series([c.get(col)]), runs[col]]).dropna().astype(float)
+            row[col.removeprefix("cost_")] = float(measured.median()) if len(measured) else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows)
+    budget_view = table.rename(columns={c.removeprefix("cost_"): c for c in COSTS})
+    table["eligible"] = within_budget(budget_view, budget).to_numpy() if budget else True
     table["confirmed"] = False
     table["chosen"] = False
     table["reason"] = ""
     for category, group in table.groupby("category", sort=False):
         confirmed = group["n_seeds"].gt(0).any()
         if confirmed:
-            order = group.sort_values(["val_mean", "rank"], ascending=[False, True], na_position="last")
+            order = group.sort_values(["eligible", "val_mean", "rank"], ascending=[False, False, True], na_position="last")
         else:
-            order = group.sort_values("rank", key=_stopped_last)
+            order = group.assign(_key=_stopped_last(group["rank"]) + np.where(group["eligible"], 0, np.inf))
+            order = order.sort_values(["_key", "rank"])
         win = order.index[0]
         table.loc[group.index, "confirmed"] = bool(confirmed)
         table.loc[win, "chosen"] = True
-        table.loc[group.index, "reason"] = [_reason(table.loc[i], order, confirmed, i == win) for i in group.index]
+        table.loc[group.index, "reason"] = [_reason(table.loc[i], order, confirmed, i == win, budget) for i in group.index]
     chosen_ids = table[table["chosen"]][["experiment", "trial_id"]]
     chosen = cands.merge(chosen_ids, on=["experiment", "trial_id"])
     return Selection(table, chosen, cands)
@@ -168,7 +224,16 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f}{spread} over {n} new seed{'s' if n != 1 else ''}"
 
 
-def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> str:
+def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool, budget: dict | None = None) -> str:
+    text = _ranking_reason(row, order, confirmed, won)
+    if budget:
+        cost = f"{row['infer_ms_b1']:.1f} ms/image at batch 1, {row['gflops']:.2f} GFLOP"
+        text += f"; {cost}" if row["eligible"] else f"; over {_limits(budget)} ({cost}): a reference, cannot be chosen"
+    return text
+
+
+def _ranking_reason(row: pd.Series, everyone: pd.DataFrame, confirmed: bool, won: bool) -> str:
+    order = everyone[everyone["eligible"] | (everyone.index == row.name)]  # ranked among the eligible
     n_cand = len(order)
     if not confirmed:
         if row["baseline"] and row["rank"] == 0:
@@ -195,7 +260,7 @@ def _reason(row: pd.Series, order: pd.DataFrame, confirmed: bool, won: bool) -> 
                     text += f", higher on {wins} of {len(shared)} shared seeds"
         if row["rank"] != 1:
             text += f"; rank {row['rank']} in the sweep (its single-seed score {row['sweep_val_score']:.4f})"
-        base = order[order["baseline"] & (order.index != row.name) & (order["n_seeds"] > 0)]
+        base = everyone[everyone["baseline"] & (everyone.index != row.name) & (everyone["n_seeds"] > 0)]
         if row["baseline"]:
             text += "; this is the default config (the sweep's baseline trial)"
         elif len(base):
@@ -258,7 +323,8 @@ def summary(selection: Selection) -> str:
     """A Markdown table of every candidate: sweep score, seeds' mean ± std, test (reported), the pick."""
     t = selection.table
     lines = ["| category | pick | sweep rank | trial | sweep val_score | new seeds | val mean ± std | "
-             "test image AUROC (sweep / seeds' mean) | test pixel AUROC | test AUPRO | why |", "|---" * 11 + "|"]
+             "test image AUROC (sweep / seeds' mean) | test pixel AUROC | test AUPRO | ms/image (batch 1) | why |",
+             "|---" * 12 + "|"]
     for _, r in t.iterrows():
         std = "" if math.isnan(r["val_std"]) else f" ± {r['val_std']:.4f}"
         mean = "n/a" if math.isnan(r["val_mean"]) else f"{r['val_mean']:.4f}{std}"
@@ -268,9 +334,10 @@ def summary(selection: Selection) -> str:
             f"{' default' if r['baseline'] else ''} | {r['rank'] or 'stopped'} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
             f"{_num(r['sweep_test_image_auroc'])} / {_num(r['seeds_test_image_auroc_mean'])} | "
             f"{_num(r['sweep_test_pixel_auroc'])} / {_num(r['seeds_test_pixel_auroc_mean'])} | "
-            f"{_num(r['sweep_test_aupro'])} / {_num(r['seeds_test_aupro_mean'])} | {r['reason']} |")
+            f"{_num(r['sweep_test_aupro'])} / {_num(r['seeds_test_aupro_mean'])} | {_num(r['infer_ms_b1'], 1)} | "
+            f"{r['reason']} |")
     return "\n".join(lines)
 
 
-def _num(value) -> str:
-    return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"

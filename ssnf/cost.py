@@ -6,7 +6,8 @@ memory bank given or one of the size the config allows) and times it through ``s
 the path ``ssnf predict`` runs: ``uint8`` images at the model's size in, scores and maps out, in the model's
 arithmetic (``train.precision``), on this process's threads. Reported: parameters (backbone and flows),
 the memory bank's entries, GFLOP per image (``torch.utils.flop_counter``, batch 1) and milliseconds per image
-at batch 1 and batch 32 (the fastest of three timed passes of 4 images after two warm-up images at batch 1,
+at batch 1 and batch 32 (on one CPU thread in the process's CPU time, so that other processes sharing the
+core do not inflate it; on several threads or a GPU in wall-clock time; the fastest of three timed passes of 4 images after two warm-up images at batch 1,
 of two timed batches after one warm-up batch at 32: a few seconds for the default detector on one core).
 
 Where the config's scoring is ``auto`` (chosen on validation after training), the cost is that of the most
@@ -111,6 +112,9 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
 
     with FlopCounterMode(display=False) as counter:
         detector.run(images[:1])
+    # one CPU thread: the process's CPU time, which another process sharing the core does not inflate (a sweep's
+    # trials are measured while other trials train and the feature store prepares features); else the wall clock
+    clock = time.process_time if torch.get_num_threads() == 1 and detector.device.type == "cpu" else time.perf_counter
     ms = {}
     for batch in BATCHES:
         passes = max(1, 4 // batch)  # batch 1: 4 images a timed pass; batch 32: one batch
@@ -118,11 +122,11 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
             detector.run(images[:batch])
         best = float("inf")
         for _ in range(repeats if batch == 1 else 2):
-            t = time.perf_counter()
+            t = clock()
             for _ in range(passes):
                 detector.run(images[:batch])
             _synchronize(detector.device)
-            best = min(best, (time.perf_counter() - t) / (passes * batch))
+            best = min(best, (clock() - t) / (passes * batch))
         ms[batch] = 1000.0 * best
     params = sum(p.numel() for p in model.extractor.parameters()) + sum(p.numel() for p in model.flows.parameters())
     return Cost(params=int(params), bank_entries=int(bank.size) if bank is not None else 0,

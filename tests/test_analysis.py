@@ -17,7 +17,7 @@ from analysis.honest import honest
 from analysis.importance import importances, objective, rebuild_study
 from analysis.notebook import NotebookError, notebooks, run_notebook
 from analysis.selection import candidates, select, write_selection
-from ssnf.results import ResultsError, read_results, row_config
+from ssnf.results import SCHEMA_VERSION, ResultsError, read_results, row_config
 from tests.helpers.fake_sweep import write_confirmation, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_bad_input_is_one_line(store, tmp_path):
     old.mkdir(parents=True)
     table = pq.read_table(next((store / "sweep" / "results" / "trials").glob("*.parquet")))
     pq.write_table(table.replace_schema_metadata({"ssnf_schema_version": "8"}), old / "x.parquet")
-    with pytest.raises(ResultsError, match="schema version 8 .*reads version 12"):
+    with pytest.raises(ResultsError, match=f"schema version 8 .*reads version {SCHEMA_VERSION}"):
         read_results([store / "sweep", tmp_path / "old"])
     trials = _trials(store)
     with pytest.raises(ResultsError, match="category bolts is not in the results"):
@@ -191,13 +191,13 @@ def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
     params = {"RESULTS": [str(store / "sweep"), str(confirm)], "OUT": str(tmp_path / "out"),
               "REFERENCES": str(REPO / "analysis" / "references.csv")}
     names = [p.stem for p in notebooks()]
-    assert names == ["01_overview", "02_selection", "03_what_mattered", "04_honest", "05_comparison"]
+    assert names == ["01_overview", "02_selection", "03_what_mattered", "04_honest", "05_comparison", "06_cost"]
     for path in notebooks():
         run = run_notebook(path, params, tmp_path / "out")
         assert run.written.is_file() and run.cells >= 2
     pngs = {p.stem for p in (tmp_path / "out").glob("*.png")}
     assert {"overview_statuses", "overview_history", "overview_rungs", "selection_confirmation", "importance_washer",
-            "parallel_washer", "learning_curves", "honest_val_vs_test", "comparison"} <= pngs
+            "parallel_washer", "learning_curves", "honest_val_vs_test", "comparison", "cost_pareto"} <= pngs
     assert (tmp_path / "out" / "best" / "washer.yaml").is_file()
 
 
@@ -263,3 +263,50 @@ def test_the_default_config_is_a_candidate_and_the_pick_is_measured_against_it(t
     assert won["trial_id"] == top
     assert f"the default config (trial {base['trial_id'].iloc[0]})" in won["reason"]
     assert "+0.0400" in won["reason"] and "higher on 2 of 2 shared seeds" in won["reason"]
+
+
+def test_select_within_a_budget_confirms_the_default_over_it_and_never_picks_it(tmp_path):
+    """``select --max-ms``: only trials whose measured ms/image is within the budget are ranked and can win;
+    the default (over the budget) stays a candidate, is confirmed, and the pick's reason measures against it.
+    The selection carries every candidate's cost."""
+    from analysis.selection import select, write_selection
+
+    sweep = write_sweep(tmp_path, categories=("washer",), n=9, space_name="paper", stopped=(0,))
+    trials = read_results([str(sweep)]).trials
+    full = trials[(trials["status"] == "completed") & trials["final_val_score"].notna()]
+    default_ms = float(trials[trials["trial_id"] == "wa0000"]["cost_infer_ms_b1"].iloc[0])  # trial 0: the baseline
+    limit = default_ms - 1.0
+    assert (full["cost_infer_ms_b1"] <= limit).any() and (full["cost_infer_ms_b1"] > limit).any()
+    first = select(read_results([str(sweep)]), k=2, budget={"max_ms": limit})
+    t = first.table
+    assert {"infer_ms_b1", "infer_ms_b32", "gflops", "params", "eligible"} <= set(t.columns)
+    ranked_rows = t[t["rank"] >= 1]
+    assert len(ranked_rows) and (ranked_rows["infer_ms_b1"] <= limit).all(), "only trials within the budget are ranked"
+    base = t[t["baseline"]].iloc[0]
+    assert base["infer_ms_b1"] > limit and not base["eligible"] and not base["chosen"]
+    assert "cannot be chosen" in base["reason"]
+    best_inside = full[full["cost_infer_ms_b1"] <= limit].sort_values("final_val_score").iloc[-1]["trial_id"]
+    assert t[t["chosen"]]["trial_id"].iloc[0] == best_inside
+    write_selection(first, tmp_path / "best")
+    picked = pd.read_parquet(tmp_path / "best" / "selection.parquet")
+    assert picked["infer_ms_b1"].notna().all()
+    # confirmed: the default scores higher on its seeds, but it is over the budget: the cheap trial wins
+    confirm = write_confirmation(tmp_path, sweep, {best_inside: [0.90, 0.91], base["trial_id"]: [0.95, 0.96]})
+    second = select(read_results([str(sweep), str(confirm)]), k=2, budget={"max_ms": limit})
+    won = second.table[second.table["chosen"]].iloc[0]
+    assert won["trial_id"] == best_inside and "the default config" in won["reason"] and "-0.0500" in won["reason"]
+    with pytest.raises(ResultsError, match=r"none of its \d+ full-budget trials is within --max-ms 0.001 \(the cheapest"):
+        select(read_results([str(sweep)]), budget={"max_ms": 0.001})
+
+
+def test_pareto_front_keeps_the_trials_no_other_beats_on_score_and_cost(store, tmp_path):
+    from analysis import plots
+    from analysis.selection import pareto_front
+
+    front = pareto_front(_trials(store))
+    for _, group in front.groupby("category"):
+        for _, r in group.iterrows():
+            dominated = ((group["cost_infer_ms_b1"] <= r["cost_infer_ms_b1"]) & (group["final_val_score"] > r["final_val_score"])).any()
+            assert r["on_front"] == (not dominated)
+    assert front["on_front"].any() and not front["on_front"].all()
+    assert plots.save(plots.pareto(_trials(store), max_ms=10.0), tmp_path, "pareto").is_file()

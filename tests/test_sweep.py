@@ -86,7 +86,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"12"
+    assert schema.metadata[b"ssnf_schema_version"] == b"13"
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"

@@ -22,9 +22,16 @@ from ssnf.tune.overrides import replay_space, trial_config
 BASE = {"data.image_size": 64, "data.root": "/nonexistent/data", "train.epochs": 3, "backbone.pretrained": False}
 
 
+def fake_cost(cfg) -> dict:
+    """A deterministic stand-in for ``ssnf.cost``'s measurement: grows with the flows' couplings and width."""
+    work = cfg.model.couplings * cfg.model.hidden
+    return {"cost_params": 1000 * work, "cost_bank_entries": 0, "cost_gflops": work / 100.0,
+            "cost_infer_ms_b1": 2.0 + work / 8.0, "cost_infer_ms_b32": 1.0 + work / 16.0, "cost_threads": 1}
+
+
 def _row(experiment, category, trial_id, cfg, history, status, test=None, **extra):
     now = time.time()
-    last = {f"test_{k}": v for k, v in (test or {}).items()}
+    last = {**{f"test_{k}": v for k, v in (test or {}).items()}, **fake_cost(cfg)}
     row, epochs = trial_rows(experiment=experiment, category=category, trial_id=trial_id, status=status,
                              failure="loss became nan" if status == "diverged" else None, cfg=cfg, history=history,
                              last_result=last, started=now - 10, ended=now, cpus=1.0, gpus=0.0, **extra)
