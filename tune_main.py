@@ -65,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "training) ends at once as infeasible (default 0: no bound)")
     p.add_argument("--max-gflops", type=float, default=0.0, metavar="GFLOP",
                    help="likewise for GFLOP per image (default 0: no bound)")
+    p.add_argument("--no-reuse-actors", action="store_true",
+                   help="a fresh worker process for every trial (Ray Tune's default; by default a trial's worker runs "
+                        "the next trial and skips re-importing torch and the library)")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not run the space's baseline (ssnf's default config) as the first trial")
     p.add_argument("--no-shared-features", action="store_true",
@@ -119,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shared_storage=args.shared_storage, trial_niceness=args.trial_niceness, confirm=args.confirm,
             seeds=args.seeds, baseline=not args.no_baseline, trial_memory=args.trial_memory,
             objectives=args.objectives, max_ms=args.max_ms, max_gflops=args.max_gflops,
+            reuse_actors=not args.no_reuse_actors,
         )
         outcomes = run_sweep(options, SPACES)
     except SweepInterrupted as exc:

@@ -8,7 +8,7 @@ arithmetic (``train.precision``), on this process's threads. Reported: parameter
 the memory bank's entries, GFLOP per image (``torch.utils.flop_counter``, batch 1) and milliseconds per image
 at batch 1 and batch 32 (on one CPU thread in the process's CPU time, so that other processes sharing the
 core do not inflate it; on several threads or a GPU in wall-clock time; the fastest of three timed passes of 4 images after two warm-up images at batch 1,
-of two timed batches after one warm-up batch at 32: a few seconds for the default detector on one core).
+of one timed batch after a warm-up batch at 32: about 5 s for the default detector on one core).
 
 Where the config's scoring is ``auto`` (chosen on validation after training), the cost is that of the most
 expensive choice validation may make: the flows' map, plus the bank's with ``bank.enabled`` (a fused map).
@@ -121,7 +121,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
         for _ in range(warmup if batch == 1 else 1):
             detector.run(images[:batch])
         best = float("inf")
-        for _ in range(repeats if batch == 1 else 2):
+        for _ in range(repeats if batch == 1 else 1):
             t = clock()
             for _ in range(passes):
                 detector.run(images[:batch])

@@ -209,7 +209,8 @@ class Detector:
     @torch.no_grad()
     def _run_eager(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.model.eval()
-        scores, maps = self.path(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+        # (a copy only where the batch is read-only, e.g. an array from Ray's object store)
+        scores, maps = self.path(torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(self.device))
         return scores.cpu().numpy(), maps.cpu().numpy()
 
     def _joined(self, scores: list[np.ndarray], maps: list[np.ndarray]) -> Prediction:

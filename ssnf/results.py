@@ -94,7 +94,7 @@ def trials_schema() -> pa.Schema:
     tail = [
         pa.field("epochs_run", pa.int64()), pa.field("budget_epochs", pa.int64()), pa.field("retries", pa.int64()),
         pa.field("wall_s", pa.float64()), pa.field("train_s", pa.float64()), pa.field("setup_s", pa.float64()),
-        pa.field("test_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
+        pa.field("test_s", pa.float64()), pa.field("cost_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
         pa.field("node_id", pa.string()), pa.field("node_ip", pa.string()), pa.field("gpu_ids", pa.string()),
         pa.field("device", pa.string()), pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
@@ -159,6 +159,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
     train_s = sum(h.get("train_s", 0.0) + h.get("val_s", 0.0) for h in history)
     setup_s = sum(h.get("setup_s", 0.0) for h in history)  # one per (re)start of the trial
     test_s = float(last_result.get("test_s") or 0.0)
+    cost_s = float(last_result.get("cost_s") or 0.0)
     wall = ended - started
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "experiment": experiment, "category": category, "trial_id": trial_id,
@@ -171,8 +172,8 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
         **{name: _cost(last_result.get(name), kind) for name, kind in COST_COLUMNS.items()},
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
-        "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s,
-        "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s),
+        "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s, "cost_s": cost_s,
+        "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s - cost_s),
         "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(),
         "node": str(last_result.get("hostname") or socket.gethostname()), "node_id": last_result.get("node_id"),
         "node_ip": last_result.get("node_ip"), "gpu_ids": last_result.get("gpu_ids"),

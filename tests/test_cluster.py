@@ -92,8 +92,8 @@ def test_sweep_spreads_over_both_workers_while_the_cpus_are_busy(cluster, demo_r
 def test_ray_job_submit_then_stop_then_resume(cluster, demo_root, tmp_path):
     store = tmp_path / "store"
     entry = [sys.executable, "tune_main.py", "--address", "auto",
-             *sweep_args(demo_root, store, "job", "--categories", "weave", "--num-samples", "4", "--max-epochs", "2",
-                         "--max-concurrent", "1")]
+             *sweep_args(demo_root, store, "job", "--categories", "weave", "--num-samples", "4", "--max-epochs", "4",
+                         "--max-concurrent", "1")]  # 4 epochs: a trial lasts longer than the stop takes to land
     job = [str(Path(sys.executable).parent / "ray"), "job"]
     submit = [*job, "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
               "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml")]

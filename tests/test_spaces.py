@@ -158,3 +158,35 @@ def test_check_space_returns_every_backbone_choice_for_the_driver_to_check():
     configs = check_space(SPACES["paper"], BASE, samples=2, seed=0)
     assert {c.backbone.name for c in configs} == {
         "mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"}
+
+
+def test_what_reaches_optuna_when_a_trial_ends():
+    """CostAwareSearch, driven as Ray Tune drives it: a trial ASHA stopped early is PRUNED (Ray reports it as
+    complete, with its early score), a full-budget one COMPLETE with every objective, an infeasible one PRUNED with
+    its violation as the constraint TPE reads; unknown objectives are refused in one line."""
+    import optuna
+
+    from ssnf.errors import SSNFError
+    from ssnf.tune.search import CostAwareSearch, parse_objectives, sampler
+
+    def space(trial):
+        trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)
+
+    search = CostAwareSearch(space=space, metric=["val_score", "cost_infer_ms_b1"], mode=["max", "min"],
+                             sampler=sampler("tpe", 0, 8, constrained=True), budget_epochs=4, budget={"max_ms": 50.0})
+    for trial_id in ("full", "stopped", "over"):
+        assert "train.lr" in search.suggest(trial_id)
+    cost = {"cost_infer_ms_b1": 20.0, "cost_gflops": 1.0}
+    search.on_trial_complete("full", {"val_score": 0.9, "training_iteration": 4, **cost})
+    search.on_trial_complete("stopped", {"val_score": 0.7, "training_iteration": 1, **cost})
+    search.on_trial_complete("over", {"val_score": float("nan"), "infeasible": 1.0, "training_iteration": 1,
+                                      "cost_infer_ms_b1": 75.0, "cost_gflops": 4.0})
+    full, stopped, over = search._ot_study.trials
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.values == [0.9, 20.0]
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.values is None
+    assert over.state == optuna.trial.TrialState.PRUNED and tuple(over.system_attrs["constraints"]) == (pytest.approx(0.5),)
+    assert tuple(full.system_attrs["constraints"]) == (pytest.approx(-0.6),)
+    assert [t.number for t in search._ot_study.best_trials] == [0]
+    with pytest.raises(SSNFError, match="unknown objective 'speed'"):
+        parse_objectives("val_score,speed")
+    assert parse_objectives("val_score, infer_ms ,gflops") == ["val_score", "infer_ms", "gflops"]

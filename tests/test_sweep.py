@@ -55,7 +55,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     options = SweepOptions(
         data_root=str(demo_root), categories=["washer"], space="t", num_samples=3, max_epochs=2,
         max_concurrent=2, storage=str(tmp_path / "store"), name="e2e", base=merge(to_dict(SSNFConfig()), BASE_SETS),
-        verbose=0,
+        verbose=0, objectives="val_score,infer_ms",
     )
     started = time.time()
     outcomes = run_sweep(options, {"t": diverging_first})
@@ -84,6 +84,25 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         assert pd.notna(row["test_image_auroc"]) == full  # test metrics of the trained model, reported only
         assert row["wall_s"] >= row["train_s"] > 0 and row["ray_overhead_s"] >= 0
         assert row["code_version"] and row["node"] and row["seed"] == 0 and row["cpus"] == 1.0
+    # every trial's deployment cost, measured before its first epoch (the diverging one's too)
+    assert (trials["cost_infer_ms_b1"] > 0).all() and (trials["cost_infer_ms_b32"] > 0).all()
+    assert (trials["cost_gflops"] > 0).all() and (trials["cost_params"] > 0).all() and (trials["cost_threads"] == 1).all()
+    # what reached Optuna (two objectives): full-budget trials complete with both values, ASHA-stopped ones
+    # pruned (not on the Pareto front as if complete), the diverged one failed
+    import optuna
+
+    from ssnf.tune.journal import storage
+
+    study = optuna.load_study(study_name="washer", storage=storage(tmp_path / "store" / "e2e" / "optuna" / "washer.journal"))
+    by_cost = {t.user_attrs["cost"]["cost_infer_ms_b1"]: t for t in study.trials}  # a measured float: one per trial
+    for _, row in trials.iterrows():
+        trial = by_cost[row["cost_infer_ms_b1"]]
+        expected = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED,
+                    "diverged": optuna.trial.TrialState.FAIL}[row["status"]]
+        assert trial.state == expected, (row["status"], trial.state)
+        if expected == optuna.trial.TrialState.COMPLETE:
+            assert trial.values == pytest.approx([row["final_val_score"], row["cost_infer_ms_b1"]])
+    assert {t.number for t in study.best_trials} <= {t.number for t in study.trials if t.state.name == "COMPLETE"}
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
     assert schema.metadata[b"ssnf_schema_version"] == b"13"
@@ -435,7 +454,11 @@ def test_ctrl_c_then_kill_9_then_resume_loses_and_duplicates_nothing(demo_root, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--space", "nope"], "unknown search space 'nope'; known: paper, robust, smoke"),
+    (["--space", "nope"], "unknown search space 'nope'; known: cost, paper, robust, smoke"),
+    (["--objectives", "val_score,speed"], "--objectives: unknown objective 'speed'; known: val_score, infer_ms"),
+    (["--objectives", "infer_ms"], "val_score must be one of them"),
+    (["--max-ms", "-1"], "--max-ms=-1 must be 0 (no bound) or positive"),
+    (["--confirm", "x.parquet", "--max-ms", "40"], "--confirm re-trains chosen candidates with new seeds: --max-ms"),
     (["--categories", "bottle"], "category 'bottle' not found in"),
     (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
     (["--resume", "--name", "never-ran"], "--resume: nothing to resume at"),
@@ -503,3 +526,56 @@ def test_orphan_trials_of_an_ended_study_are_closed(tmp_path):
     assert close_orphans(journal, "tire") == 1 and close_orphans(journal, "other") == 0
     states = [t.state for t in optuna.load_study(study_name="tire", storage=_storage(journal)).trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
+def cost_split(trial) -> dict:
+    """Module-level space: even trials a wide flow, odd trials a narrow one (their GFLOP differ by design)."""
+    wide = trial.number % 2 == 0
+    trial.suggest_categorical("model.hidden", [64] if wide else [8])
+    return {"model.blocks": "conv,conv" if wide else "conv", "model.heads": 2, "model.couplings": 4 if wide else 1}
+
+
+def test_a_budget_ends_costly_trials_before_training_and_optuna_learns_it(demo_root, ray_session, tmp_path):
+    """--max-gflops between the two configs' costs: the wide trials end before their first epoch as infeasible
+    (with their measured cost), Optuna records them as constraint violations (not scores); a budget that no
+    config meets ends the sweep with one line naming the cheapest cost seen."""
+    import optuna
+
+    from ssnf.config import from_dict
+    from ssnf.cost import measure_cost
+    from ssnf.errors import SSNFError
+    from ssnf.tune.journal import storage
+    from ssnf.tune.overrides import trial_config
+
+    base = merge(to_dict(SSNFConfig()), [*BASE_SETS, "data.category=washer"])
+    narrow = measure_cost(trial_config(base, {"model.hidden": 8, "model.blocks": "conv", "model.heads": 2,
+                                              "model.couplings": 1})).gflops
+    wide = measure_cost(trial_config(base, {"model.hidden": 64, "model.blocks": "conv,conv", "model.heads": 2,
+                                            "model.couplings": 4})).gflops
+    assert wide > 1.5 * narrow
+    limit = (narrow + wide) / 2
+    options = SweepOptions(data_root=str(demo_root), categories=["washer"], space="c", num_samples=4, max_epochs=1,
+                           max_concurrent=2, storage=str(tmp_path / "store"), name="budget", base=base, verbose=0,
+                           max_gflops=limit, scheduler="none")
+    run_sweep(options, {"c": cost_split})
+    trials = pd.read_parquet(tmp_path / "store" / "budget" / "results" / "trials")
+    over = trials[trials["config.model.hidden"] == 64]
+    assert len(over) == 2 and set(over["status"]) == {"infeasible"} and (over["epochs_run"] == 0).all()
+    assert (over["cost_gflops"] > limit).all() and over["final_val_score"].isna().all()
+    assert over["failure"].str.contains(f"over the budget \\(--max-gflops {limit:g}\\)").all()
+    inside = trials[trials["config.model.hidden"] == 8]
+    assert set(inside["status"]) == {"completed"} and (inside["cost_gflops"] <= limit).all()
+    study = optuna.load_study(study_name="washer", storage=storage(tmp_path / "store" / "budget" / "optuna" / "washer.journal"))
+    for t in study.trials:
+        violation = t.user_attrs["cost_violation"]
+        assert list(t.system_attrs["constraints"]) == [violation]  # what TPE's constraints_func read
+        wide_trial = t.params["model.hidden"] == 64
+        assert (violation > 0) == wide_trial
+        assert t.state == (optuna.trial.TrialState.PRUNED if wide_trial else optuna.trial.TrialState.COMPLETE)
+
+    never = SweepOptions(data_root=str(demo_root), categories=["washer"], space="c", num_samples=2, max_epochs=1,
+                         max_concurrent=2, storage=str(tmp_path / "store"), name="never", base=base, verbose=0,
+                         max_gflops=narrow / 10, scheduler="none")
+    with pytest.raises(SSNFError, match=r"no config of space 'c' met --max-gflops [\d.e-]+ in the first 2 trials "
+                                        r"\(the cheapest measured [\d.e-]+ GFLOP/image\)"):
+        run_sweep(never, {"c": cost_split})

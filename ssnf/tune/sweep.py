@@ -39,7 +39,7 @@ from ssnf.results import filesystem, ranked, read_results, row_config
 from ssnf.tune.overrides import CONFIRMS_KEY, EXTRACTOR_KEYS, SEED_KEY, check_space
 from ssnf.tune.journal import JournalSync, close_orphans, journal_uri, local_journal, storage
 from ssnf.tune.results import ParquetResults
-from ssnf.tune.search import BUDGETS, SCHEDULERS, SEARCHERS, BudgetStopper, parse_objectives, scheduler, searcher
+from ssnf.tune.search import BUDGETS, GIVE_UP_AFTER, SCHEDULERS, SEARCHERS, BudgetStopper, parse_objectives, scheduler, searcher
 from ssnf.tune.shared import start_store
 from ssnf.tune.trainable import run_trial
 
@@ -83,6 +83,9 @@ class SweepOptions:
     objectives: str = "val_score"  # comma-separated (ssnf.tune.search.OBJECTIVES): several give a Pareto front
     max_ms: float = 0.0  # a trial whose detector takes longer a image at batch 1 ends before training (0: no bound)
     max_gflops: float = 0.0  # likewise for GFLOP per image (0: no bound)
+    # a trial's worker process runs the next trial of the same resources (no fresh process importing torch and the
+    # library for each trial); False: a new actor per trial (Ray Tune's default)
+    reuse_actors: bool = True
     seeds: int = 3  # confirmation: new seeds per candidate
     verbose: int = 1
 
@@ -317,6 +320,9 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
     ``seeds`` new seeds (seeds none of them trained with), same budget, same data and backbone."""
     from ssnf.results import CONFIG_PREFIX
 
+    if budget(options) or options.objectives != "val_score":
+        raise SSNFError("--confirm re-trains chosen candidates with new seeds: --max-ms, --max-gflops and --objectives "
+                        "belong to the sweep (select within a budget with `python -m analysis select --max-ms`)")
     file = Path(options.confirm).expanduser()
     if not file.is_file():
         raise SSNFError(f"--confirm {file}: no such file (write it with `python -m analysis select ... --out DIR`)")
@@ -329,9 +335,6 @@ def check_confirm(options: SweepOptions) -> dict[str, tuple[SSNFConfig, Splits, 
         raise SSNFError(f"--confirm {file}: no candidate rows with {', '.join(sorted(needed))} "
                         "(write it with `python -m analysis select ... --out DIR`)")
     check_run_options(options)
-    if budget(options) or options.objectives != "val_score":
-        raise SSNFError("--confirm re-trains chosen candidates with new seeds: --max-ms, --max-gflops and --objectives "
-                        "belong to the sweep (select within a budget with `python -m analysis select --max-ms`)")
     categories = options.categories or list(dict.fromkeys(candidates["category"]))
     missing = [c for c in categories if c not in set(candidates["category"])]
     if missing:
@@ -398,7 +401,7 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                                  confirming=confirming, cost_budget=budget(options)),
             resources)
         path = f"{uri}/{category}"
-        stopper = BudgetStopper() if budget(options) and confirmation is None else None
+        stopper = BudgetStopper(min(GIVE_UP_AFTER, options.num_samples)) if budget(options) and confirmation is None else None
         sync = None
         if confirmation is None and "://" in uri:
             sync = JournalSync(str(local_journal(uri, category)), journal_uri(uri, category))
@@ -420,11 +423,12 @@ def run_sweep(options: SweepOptions, spaces: dict[str, Callable]) -> list[Catego
                                   max_concurrent=options.max_concurrent, budget_epochs=options.max_epochs,
                                   baseline=baseline)
                 tune_config = tune.TuneConfig(search_alg=search, scheduler=scheduler(options.scheduler, options.max_epochs),
-                                              num_samples=options.num_samples, trial_dirname_creator=trial_dirname)
+                                              num_samples=options.num_samples, trial_dirname_creator=trial_dirname,
+                                              reuse_actors=options.reuse_actors)
                 param_space = None
             else:  # a fixed grid: every candidate with every new seed, no early stopping
                 tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=options.max_concurrent,
-                                              trial_dirname_creator=trial_dirname)
+                                              trial_dirname_creator=trial_dirname, reuse_actors=options.reuse_actors)
                 param_space = {CONFIRMS_KEY: tune.grid_search(sorted(confirming)),
                                SEED_KEY: tune.grid_search(confirmation.seeds)}
             tuner = tune.Tuner(

@@ -70,7 +70,7 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
-def trial_cost(cfg, bank) -> dict:
+def trial_cost(cfg) -> dict:
     """The trial's deployment cost (``ssnf.cost``), measured here, on the trial's node and threads, before it
     trains: ``cost_*`` result keys."""
     import torch
@@ -81,8 +81,9 @@ def trial_cost(cfg, bank) -> dict:
         torch.set_num_threads(cfg.train.threads)
     from ssnf.training import resolve_device
 
-    cost = measure_cost(cfg, bank=bank, device=resolve_device(cfg.train.device))
-    return {f"cost_{k}": v for k, v in cost.as_dict().items()}
+    t = time.perf_counter()
+    cost = measure_cost(cfg, device=resolve_device(cfg.train.device))
+    return {**{f"cost_{k}": v for k, v in cost.as_dict().items()}, "cost_s": time.perf_counter() - t}
 
 
 def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
@@ -99,6 +100,17 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
     hard = saved_limit[1]
     if cfg.train.device == "cpu":  # a GPU trial's memory is the GPU's; CUDA's own mappings must not meet the limit
         resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
+    # the cost first: a trial over the budget ends before its data (perhaps a new extractor setting's features) is
+    # prepared or fetched. A memory bank is timed at bank.max_entries entries (what a category's coreset reaches)
+    where.update(trial_cost(cfg))
+    violation = budget_violation(where, cost_budget or {})
+    if violation > 0:
+        limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
+        tune.report({INFEASIBLE_KEY: 1.0, "val_score": float("nan"), "cost_violation": violation, **where,
+                     "failure": f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at batch 1, "
+                                f"{where['cost_gflops']:.2f} GFLOP/image"})
+        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
+        return
     data: PreparedData | None = None
     bank = None
     if store is not None:
@@ -108,15 +120,6 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         bank = ray.get(shared.bank) if shared.bank is not None else None
         where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_prepare_s=shared.prepare_s,
                      data_bytes=shared.nbytes + shared.bank_bytes, features_id=shared.features_id)
-    where.update(trial_cost(cfg, bank))
-    violation = budget_violation(where, cost_budget or {})
-    if violation > 0:
-        limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
-        tune.report({INFEASIBLE_KEY: 1.0, "val_score": float("nan"), "cost_violation": violation, **where,
-                     "failure": f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at batch 1, "
-                                f"{where['cost_gflops']:.2f} GFLOP/image"})
-        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
-        return
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
