@@ -181,7 +181,7 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
             "category": c["category"], "rank": int(c["rank"]), "baseline": bool(c["baseline"]),
             "experiment": c["experiment"], "trial_id": c["trial_id"],
             "space": c["space"], "image_size": int(c["config.data.image_size"]), "epochs": int(c["budget_epochs"]),
-            "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]),
+            "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]), "sweep_status": c["status"],
             "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
             "n_seeds": len(scores), "val_mean": float(np.mean(scores)) if scores else float("nan"),
             "val_std": _std(scores),
@@ -237,7 +237,9 @@ def _ranking_reason(row: pd.Series, everyone: pd.DataFrame, confirmed: bool, won
     n_cand = len(order)
     if not confirmed:
         if row["baseline"] and row["rank"] == 0:
-            return "the default config (the sweep's baseline trial, stopped before the full budget): confirm it too"
+            why = ("over the sweep's cost budget, not trained there" if row["sweep_status"] == "infeasible"
+                   else "stopped before the full budget")
+            return f"the default config (the sweep's baseline trial, {why}): confirm it too"
         if won:
             return (f"provisional: best final val_score {row['sweep_val_score']:.4f} of the category's full-budget "
                     f"trials, one seed; not confirmed (tune_main.py --confirm candidates.parquet)")

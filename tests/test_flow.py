@@ -136,3 +136,21 @@ def test_position_conditioning_makes_the_density_depend_on_where_a_feature_is():
         spread = float((z - z[..., :1, :1]).abs().max().detach())
         assert (spread > 1e-3) == varies
         assert torch.allclose(flow.inverse(z), x, atol=1e-5)
+
+
+def test_per_scale_couplings_and_widths():
+    """``model.scale_couplings`` / ``scale_hidden``: each scale's flow has its own count and subnet width; a
+    spelling with the wrong number of scales is one line."""
+    from ssnf.config import BackboneConfig, ModelConfig
+    from ssnf.model.detector import SSNFModel
+
+    backbone = BackboneConfig(pretrained=False)
+    model = SSNFModel.build(backbone, ModelConfig(hidden=32, couplings=4, scale_couplings=(4, 2), scale_hidden=(32, 16)))
+    assert [len(f.blocks) for f in model.flows] == [4, 2]
+    assert [f.blocks[0].subnet.inp.out_channels for f in model.flows] == [32, 16]
+    out = model(torch.rand(1, 3, 64, 64))
+    assert [z.shape[1] for z, _ in out] == list(model.extractor.channels)
+    with pytest.raises(ConfigError, match=r"model.scale_couplings=\[4, 2, 1\] has 3 values but the backbone gives 2"):
+        SSNFModel.build(backbone, ModelConfig(scale_couplings=(4, 2, 1)))
+    with pytest.raises(ConfigError, match=r"model.scale_hidden=\[32, 6\]: width 6 must be at least 4 and a multiple"):
+        ModelConfig(heads=4, scale_hidden=(32, 6)).validate()

@@ -165,3 +165,29 @@ def test_slim_checkpoints_keep_the_backbone_s_fingerprint_only(trained, tmp_path
         next(other.body.parameters()).add_(0.01)
     with pytest.raises(SSNFError, match=r"slim.pt is a slim checkpoint and the backbone at hand is not the one"):
         load_checkpoint(slim, extractor=other)
+
+
+def test_cost_is_measured_through_the_predict_path_before_training():
+    """``ssnf.cost``: parameters, GFLOP and ms/image at batch 1 and 32 of an untrained detector; an ``auto``
+    scoring costs its costliest choice (with a bank: the fused map, flows and bank); fewer couplings cost less."""
+    from ssnf.config import SSNFConfig, from_dict, merge, to_dict
+    from ssnf.cost import costliest_scoring, measure_cost
+
+    sets = {"data.image_size": 64, "backbone.pretrained": False, "model.hidden": 16, "model.blocks": "conv",
+            "train.precision": "fp32"}
+    small = from_dict(SSNFConfig, merge(to_dict(SSNFConfig()), {**sets, "model.couplings": 1}))
+    large = from_dict(SSNFConfig, merge(to_dict(SSNFConfig()), {**sets, "model.couplings": 6}))
+    banked = from_dict(SSNFConfig, merge(to_dict(SSNFConfig()), {**sets, "model.couplings": 1, "bank.enabled": True,
+                                                                  "bank.max_entries": 512}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a sweep trial of one CPU measures (its CPU time)
+    try:
+        a, b, with_bank = (measure_cost(c, warmup=1, repeats=1) for c in (small, large, banked))
+    finally:
+        torch.set_num_threads(threads)
+    for cost in (a, b):
+        assert cost.params > 0 and cost.gflops > 0 and cost.infer_ms_b1 > 0 and cost.infer_ms_b32 > 0
+        assert cost.threads == 1 and cost.bank_entries == 0
+    assert b.params > a.params and b.gflops > a.gflops
+    assert costliest_scoring(banked).scoring.map == "fused50" and costliest_scoring(small).scoring.map == "nll"
+    assert with_bank.bank_entries == 512 and with_bank.gflops > a.gflops
