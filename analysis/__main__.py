@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--out", required=True, help="folder for the executed notebooks and their PNGs")
     n.add_argument("--references", help="CSV of reference figures (default: analysis/references.csv)")
     n.add_argument("--only", help="comma-separated notebook names (default: all)")
+    n.add_argument("--max-ms", type=float, default=0.0, metavar="MS",
+                   help="06_cost: the budget drawn and selected within (default 0: none)")
     return p
 
 
@@ -131,7 +133,8 @@ def _notebooks(args: argparse.Namespace, started: float) -> int:
     from ssnf.results import read_results
 
     read_results(args.results)  # bad input: one line before any notebook runs
-    params = {"RESULTS": list(args.results), "OUT": args.out, "REFERENCES": args.references or str(REFERENCES)}
+    params = {"RESULTS": list(args.results), "OUT": args.out, "REFERENCES": args.references or str(REFERENCES),
+              "MAX_MS": args.max_ms}
     only = _categories(args.only)
     for path in notebooks():
         if only and path.stem not in only and path.stem.split("_", 1)[-1] not in only:
