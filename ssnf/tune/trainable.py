@@ -102,7 +102,17 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
     # the cost first: a trial over the budget ends before its data (perhaps a new extractor setting's features) is
     # prepared or fetched. A memory bank is timed at bank.max_entries entries (what a category's coreset reaches)
-    where.update(trial_cost(cfg))
+    try:
+        where.update(trial_cost(cfg))
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
+        release_memory()
+        tune.report({"out_of_memory": 1.0, "val_score": float("nan"), **where,
+                     "failure": f"out of memory measuring its cost: the detector needs more than the trial's "
+                                f"{budget / 2**30:.1f} GiB share of the node (--trial-memory)"})
+        return
     violation = budget_violation(where, cost_budget or {})
     if violation > 0:
         limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
@@ -110,6 +120,7 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
                      "failure": f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at batch 1, "
                                 f"{where['cost_gflops']:.2f} GFLOP/image"})
         resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
+        release_memory()
         return
     data: PreparedData | None = None
     bank = None
@@ -180,3 +191,16 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
             else:
                 os.environ[FEATURES_ENV] = saved_env
         shutil.rmtree(work, ignore_errors=True)
+        release_memory()
+
+
+def release_memory() -> None:
+    """After a trial: its objects freed and, on a GPU, the allocator's cache emptied, so that the next trial this
+    worker process runs (Ray Tune reuses actors, ``SweepOptions.reuse_actors``) starts from a clean process."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
