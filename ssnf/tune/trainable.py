@@ -6,8 +6,8 @@ from the last epoch. A trial that trains the full budget also reports its test m
 epoch (prefixed ``test_``; reported, never used to select). A diverging trial reports ``diverged``, the reason
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 
-Memory: each CPU trial's process may hold at most its share of the node's memory (``memory_budget``: a data
-segment limit, ``RLIMIT_DATA``; GPU trials are left unlimited: CUDA maps large private regions of its own). A config too large for it (a wide, deep flow at a large image size) fails
+Memory: each CPU trial's process may allocate at most its share of the node's memory (``memory_budget``: a data
+segment limit, ``RLIMIT_DATA``, over what the process holds when the trial starts, ``data_in_use``; GPU trials are left unlimited: CUDA maps large private regions of its own). A config too large for it (a wide, deep flow at a large image size) fails
 its first allocation beyond the share: the trial reports ``out_of_memory`` and ends as an error with the
 reason, and the sweep goes on. Without the limit the node ran out of memory, Ray's memory monitor killed the
 trial and Ray Tune (2.60) ended the whole sweep on that kill ("Caught unexpected exception").
@@ -66,6 +66,17 @@ def memory_budget(memory_gib: float, slots: int) -> int:
     return int(MEMORY_SHARE * total / max(1, slots))
 
 
+def data_in_use() -> int:
+    """Bytes of this process's data segment now (``VmData``: what ``RLIMIT_DATA`` counts), 0 where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
@@ -99,7 +110,10 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
     saved_limit = resource.getrlimit(resource.RLIMIT_DATA)
     hard = saved_limit[1]
     if cfg.train.device == "cpu":  # a GPU trial's memory is the GPU's; CUDA's own mappings must not meet the limit
-        resource.setrlimit(resource.RLIMIT_DATA, (budget if hard == resource.RLIM_INFINITY else min(budget, hard), hard))
+        # the share is the trial's own: on top of what this worker process holds already (Ray reuses a trial's
+        # process for the next trial, whose data segment keeps what the allocator did not hand back)
+        limit = budget + data_in_use()
+        resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     # the cost first: a trial over the budget ends before its data (perhaps a new extractor setting's features) is
     # prepared or fetched. A memory bank is timed at bank.max_entries entries (what a category's coreset reaches)
     try:
