@@ -10,7 +10,9 @@ Each run is one ``tune_main.py`` process on local Ray (the ``smoke`` space, ``--
 - ``tpe``: Optuna TPE + ASHA, features computed once by the driver and shared (the default);
 - ``random``: random search + ASHA at the same budget, shared features;
 - ``private``: the random run's trials (same seed, same draws), but every trial computes its own
-  features (``--no-shared-features``): only the sharing differs.
+  features (``--no-shared-features``): only the sharing differs;
+- ``random-fresh``: the random run with a fresh worker process per trial (``--no-reuse-actors``): only the actor
+  reuse differs.
 
 Measured: wall time of the whole sweep (driver setup included) -> trials per hour; CPU utilisation of
 the machine over the run (/proc/stat; the machine is shared, so other load shows up too); per trial
@@ -40,6 +42,8 @@ RUNS = {
     "tpe": ["--searcher", "tpe", "--scheduler", "asha"],
     "private": ["--searcher", "random", "--scheduler", "asha", "--no-shared-features"],
     "random": ["--searcher", "random", "--scheduler", "asha"],
+    # the random run with a fresh worker process per trial (Ray Tune's default; ssnf reuses them since issue 29)
+    "random-fresh": ["--searcher", "random", "--scheduler", "asha", "--no-reuse-actors"],
 }
 
 
