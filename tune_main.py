@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search_spaces import SPACES
         from ssnf.cli import load_config
         from ssnf.config import to_dict
-        from ssnf.tune.sweep import SweepOptions, best_table, experiment_uri, run_sweep
+        from ssnf.tune.search import parse_objectives
+        from ssnf.tune.sweep import SweepOptions, best_table, experiment_uri, front_table, run_sweep
 
         sets = (DEMO_BASE_SETS if demo else []) + list(args.set)
         base = to_dict(load_config(args.config, sets))
@@ -141,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print("\nBest configuration per category (by final val_score among trials that trained the full budget):")
     print(best_table(outcomes))
+    if len(parse_objectives(options.objectives)) > 1:
+        print(f"\nPareto front per category ({options.objectives}; full-budget trials no other beats on both):")
+        print(front_table(outcomes, parse_objectives(options.objectives)))
     print(f"\nResults: {uri}/results/trials and {uri}/results/epochs (pandas.read_parquet reads either folder)")
     print(f"Experiment: {uri} (resume with --name {name} --resume); Optuna studies: {uri}/optuna/*.journal")
     print(f"Choose and confirm per category: python -m analysis select {uri} --out best/")

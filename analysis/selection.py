@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssnf.results import CONFIG_PREFIX, Results, ResultsError, full_budget, ranked, row_config
+from ssnf.results import CONFIG_PREFIX, Results, ResultsError, full_budget, pareto_front, ranked, row_config
 
 TESTS = ("test_image_auroc", "test_pixel_auroc", "test_aupro")
 COSTS = ("cost_infer_ms_b1", "cost_infer_ms_b32", "cost_gflops", "cost_params")  # carried into the selection
@@ -45,20 +45,6 @@ def within_budget(rows: pd.DataFrame, budget: dict[str, float]) -> pd.Series:
         if limit and limit > 0:
             ok &= rows[BUDGET_COSTS[name]].le(limit).fillna(False)
     return ok
-
-
-def pareto_front(trials: pd.DataFrame, cost: str = "cost_infer_ms_b1") -> pd.DataFrame:
-    """The category-wise full-budget sweep trials, column ``on_front``: no other trial of its category has a
-    higher ``final_val_score`` at a cost no higher (or the same score cheaper). Sorted by category and cost."""
-    full = full_budget(sweep_rows(trials))
-    full = full[full[cost].notna()].sort_values(["category", cost, "final_val_score"], ascending=[True, True, False])
-    on = []
-    for _, group in full.groupby("category", sort=False):
-        best = -np.inf
-        for _, r in group.iterrows():  # cheapest first: a trial is on the front when it beats every cheaper one
-            on.append(bool(r["final_val_score"] > best))
-            best = max(best, r["final_val_score"])
-    return full.assign(on_front=on).reset_index(drop=True)
 
 
 def sweep_rows(trials: pd.DataFrame) -> pd.DataFrame:

@@ -323,6 +323,20 @@ def ranked(trials: Any) -> Any:
     return full_budget(trials).sort_values(["final_val_score", "trial_id"], ascending=[False, True])
 
 
+def pareto_front(trials: Any, cost: str = "cost_infer_ms_b1") -> Any:
+    """The category-wise full-budget sweep trials, column ``on_front``: no other trial of its category has a
+    higher ``final_val_score`` at a cost no higher (or the same score cheaper). Sorted by category and cost."""
+    full = full_budget(trials[trials["confirms"].isna()])
+    full = full[full[cost].notna()].sort_values(["category", cost, "final_val_score"], ascending=[True, True, False])
+    on = []
+    for _, group in full.groupby("category", sort=False):
+        best = float("-inf")
+        for _, r in group.iterrows():  # cheapest first: a trial is on the front when it beats every cheaper one
+            on.append(bool(r["final_val_score"] > best))
+            best = max(best, r["final_val_score"])
+    return full.assign(on_front=on).reset_index(drop=True)
+
+
 def row_config(row: Any) -> dict:
     """The nested config of a trials row (its ``config.*`` columns), as ``ssnf train --config`` reads it."""
     from ssnf.config import unflatten
@@ -342,4 +356,4 @@ def row_config(row: Any) -> dict:
 
 __all__ = ["CONFIG_PREFIX", "COST_COLUMNS", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
            "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem", "full_budget",
-           "ranked", "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]
+           "pareto_front", "ranked", "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]

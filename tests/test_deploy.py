@@ -142,10 +142,11 @@ def test_calibrate_rebuilds_the_same_threshold_from_the_validation_split(trained
 
 # -- export --------------------------------------------------------------------------------------------------
 
-def _untrained(blocks: str, **scoring) -> Detector:
+def _untrained(blocks: str, model: dict | None = None, **scoring) -> Detector:
     """A small detector whose couplings are not the identity (their output layers perturbed), with a threshold."""
     cfg = with_overrides(SSNFConfig(), data={"image_size": 64}, backbone={"pretrained": False},
-                         model={"hidden": 16, "couplings": 2, "heads": 2, "blocks": blocks, "attn_kv_size": 4},
+                         model={"hidden": 16, "couplings": 2, "heads": 2, "blocks": blocks, "attn_kv_size": 4,
+                                **(model or {})},
                          scoring={"map": "nll", "image_map": "pixel", "image_score": "topk", **scoring},
                          train={"precision": "fp32"})
     detector = Detector.build(cfg)
@@ -159,11 +160,15 @@ def _untrained(blocks: str, **scoring) -> Detector:
 
 
 # TorchScript per block kind (seconds each); ONNX once, on a subnet that stacks every kind (an ONNX export takes
-# 20-35 s here, and one file with every block checks each kind's operators the same way)
-@pytest.mark.parametrize("fmt,blocks", [("torchscript", f"{b},{b}") for b in sorted(BLOCKS)]
-                         + [("onnx", ",".join(sorted(BLOCKS)))])
-def test_export_matches_pytorch_for_every_block_kind(blocks, fmt, tmp_path):
-    detector = _untrained(blocks)
+# 20-35 s here, and one file with every block checks each kind's operators the same way), with per-scale
+# couplings and widths (model.scale_couplings / scale_hidden: flows of different depth and width per scale)
+PER_SCALE = {"scale_couplings": (2, 1), "scale_hidden": (16, 8)}
+
+
+@pytest.mark.parametrize("fmt,blocks,model", [("torchscript", f"{b},{b}", None) for b in sorted(BLOCKS)]
+                         + [("onnx", ",".join(sorted(BLOCKS)), PER_SCALE)])
+def test_export_matches_pytorch_for_every_block_kind(blocks, fmt, model, tmp_path):
+    detector = _untrained(blocks, model)
     path = detector.export(tmp_path / f"model.{fmt}", fmt)  # the export checks parity itself; again here, stated
     assert file_kind(path) == fmt
     images = np.concatenate([example_images(64, 3, seed=9), example_images(64, 2, seed=10)])

@@ -103,6 +103,10 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         if expected == optuna.trial.TrialState.COMPLETE:
             assert trial.values == pytest.approx([row["final_val_score"], row["cost_infer_ms_b1"]])
     assert {t.number for t in study.best_trials} <= {t.number for t in study.trials if t.state.name == "COMPLETE"}
+    from ssnf.tune.sweep import front_table
+
+    front = front_table(outcomes, ["val_score", "infer_ms"])
+    assert "| washer |" in front and outcome_best_id(outcomes) in front  # the best val_score is always on the front
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
     assert schema.metadata[b"ssnf_schema_version"] == b"13"
@@ -122,6 +126,10 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     assert outcome.best["trial_id"] == completed.loc[completed["final_val_score"].idxmax(), "trial_id"]
     table = best_table(outcomes)
     assert outcome.best["trial_id"] in table and "| washer |" in table
+
+
+def outcome_best_id(outcomes) -> str:
+    return outcomes[0].best["trial_id"]
 
 
 def extractor_space(trial) -> dict:

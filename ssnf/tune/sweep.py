@@ -35,7 +35,7 @@ from ssnf.data.splits import Splits, make_splits
 from ssnf.errors import DataError, SSNFError
 from ssnf.files import atomic_path
 from ssnf.prepared import check_splits
-from ssnf.results import filesystem, ranked, read_results, row_config
+from ssnf.results import filesystem, pareto_front, ranked, read_results, row_config
 from ssnf.tune.overrides import CONFIRMS_KEY, EXTRACTOR_KEYS, SEED_KEY, check_space
 from ssnf.tune.journal import JournalSync, close_orphans, journal_uri, local_journal, storage
 from ssnf.tune.results import ParquetResults
@@ -523,6 +523,25 @@ def best_table(outcomes: list[CategoryOutcome]) -> str:
     return "\n".join(lines)
 
 
+def front_table(outcomes: list[CategoryOutcome], objectives: list[str]) -> str:
+    """Per category, the Pareto front of a multi-objective sweep: val_score against its first cost objective."""
+    from ssnf.tune.search import OBJECTIVES
+
+    cost = OBJECTIVES[next(o for o in objectives if o != "val_score")][0]
+    lines = [f"(front on val_score and {cost})", "| category | trial | val_score | ms/image batch 1 | ms/image batch 32 | "
+             "GFLOP | image size | strides | blocks | couplings | hidden | bank |", "|---" * 12 + "|"]
+    for o in outcomes:
+        if not len(o.trials):
+            continue
+        front = pareto_front(o.trials, cost)
+        for _, r in front[front["on_front"]].iterrows():
+            lines.append(f"| {o.category} | {r['trial_id']} | {r['final_val_score']:.4f} | {r['cost_infer_ms_b1']:.1f} | "
+                         f"{r['cost_infer_ms_b32']:.1f} | {r['cost_gflops']:.2f} | {r['config.data.image_size']} | "
+                         f"{','.join(str(s) for s in r['config.backbone.strides'])} | {r['config.model.blocks']} | "
+                         f"{r['config.model.couplings']} | {r['config.model.hidden']} | {r['config.bank.enabled']} |")
+    return "\n".join(lines)
+
+
 def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -531,4 +550,4 @@ def _num(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
-__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "experiment_uri", "run_sweep", "summarize"]
+__all__ = ["SweepInterrupted", "SweepOptions", "best_table", "front_table", "experiment_uri", "run_sweep", "summarize"]
