@@ -319,7 +319,7 @@ def summary(selection: Selection) -> str:
         seeds = ",".join(str(s) for s in r["seeds"]) or "-"
         lines.append(
             f"| {r['category']} | {'**chosen**' if r['chosen'] else ''}{' (confirmed)' if r['chosen'] and r['confirmed'] else ''}"
-            f"{' default' if r['baseline'] else ''} | {r['rank'] or 'stopped'} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
+            f"{' default' if r['baseline'] else ''} | {r['rank'] or r.get('sweep_status', 'stopped')} | {r['trial_id']} | {r['sweep_val_score']:.4f} | {seeds} | {mean} | "
             f"{_num(r['sweep_test_image_auroc'])} / {_num(r['seeds_test_image_auroc_mean'])} | "
             f"{_num(r['sweep_test_pixel_auroc'])} / {_num(r['seeds_test_pixel_auroc_mean'])} | "
             f"{_num(r['sweep_test_aupro'])} / {_num(r['seeds_test_aupro_mean'])} | {_num(r['infer_ms_b1'], 1)} | "
