@@ -133,17 +133,22 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
     if unknown:
         raise ResultsError(f"unknown budget {unknown[0]!r}; known: {', '.join(BUDGET_COSTS)}")
     everyone = candidates(results.trials, None, categories, budget)  # every full-budget trial within it, ranked
+    confirm = full_budget(confirmation_rows(results.trials))
     if baseline:  # the default config's trial, wherever ASHA left it
         sweep = sweep_rows(results.trials)
         base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
         base = base[base["category"].isin(set(everyone["category"]))]
+        # several sweeps of a category each ran the default: one of them stands for it, a confirmed one if any
+        base = base.assign(_confirmed=[(e, t) in set(zip(confirm["confirms_experiment"], confirm["confirms"]))
+                                       for e, t in zip(base["experiment"], base["trial_id"])])
+        base = base.sort_values(["_confirmed", "started_at"], ascending=[False, True]).drop_duplicates("category")
+        base = base.drop(columns="_confirmed")
         extra = base[~base["trial_id"].isin(set(everyone["trial_id"]))].copy()
         extra.insert(0, "rank", 0)
         everyone = pd.concat([everyone, extra], ignore_index=True)
         everyone["baseline"] = everyone["trial_id"].isin(set(base["trial_id"]))
     else:
         everyone["baseline"] = False
-    confirm = full_budget(confirmation_rows(results.trials))
     # one run per (candidate, seed): a second confirmation run with the same seeds is not counted twice
     confirm = confirm.sort_values("ended_at").drop_duplicates(["confirms_experiment", "confirms", "seed"], keep="last")
     confirmed = set(zip(confirm["confirms_experiment"], confirm["confirms"]))

@@ -310,3 +310,18 @@ def test_pareto_front_keeps_the_trials_no_other_beats_on_score_and_cost(store, t
             assert r["on_front"] == (not dominated)
     assert front["on_front"].any() and not front["on_front"].all()
     assert plots.save(plots.pareto(_trials(store), max_ms=10.0), tmp_path, "pareto").is_file()
+
+
+def test_two_sweeps_of_a_category_give_one_default_candidate(tmp_path):
+    """Each sweep of a space with a baseline runs the default: selecting over both keeps one of them (the
+    confirmed one where one was confirmed), not a second, unconfirmable default."""
+    from analysis.selection import select
+
+    first = write_sweep(tmp_path, "one", categories=("washer",), n=6, space_name="paper", stopped=(0,))
+    second = write_sweep(tmp_path, "two", categories=("washer",), n=6, space_name="paper", seed=1, stopped=(0,))
+    table = select(read_results([str(first), str(second)]), k=1).table
+    assert table["baseline"].sum() == 1
+    confirm = write_confirmation(tmp_path, second, {"wa0000": [0.8, 0.81]})
+    table = select(read_results([str(first), str(second), str(confirm)]), k=1).table
+    base = table[table["baseline"]]
+    assert len(base) == 1 and base["experiment"].iloc[0] == "two" and base["n_seeds"].iloc[0] == 2

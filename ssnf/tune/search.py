@@ -24,6 +24,7 @@ were infeasible with none feasible before, and the sweep says so in one line wit
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ssnf.cost import COST_FIELDS
 from ssnf.errors import SSNFError
+
+logger = logging.getLogger(__name__)
 
 # objective name -> (the result key the trial reports, Optuna's direction)
 OBJECTIVES = {"val_score": ("val_score", "max"), "infer_ms": ("cost_infer_ms_b1", "min"),
@@ -86,10 +89,27 @@ class CostAwareSearch(OptunaSearch):
         self.budget_epochs = budget_epochs
         self.budget = dict(budget or {})
 
+    def _told(self, ot_trial) -> bool:
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials and self._told(ot_trial):
+            return None  # re-run after a resume (see on_trial_complete): its study trial has ended
+        return super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or error or not result:
             return super().on_trial_complete(trial_id, result, error)
+        from optuna.trial import TrialState
+
+        if self._told(ot_trial):
+            # a trial that ended just before the driver was stopped, after Ray's last snapshot: resumed, Ray runs
+            # it to its end again, but the study was told already (the journal is written at once)
+            logger.warning("trial %s: its Optuna trial ended before the sweep was resumed; told once", trial_id)
+            self._completed_trials.add(trial_id)
+            return None
         costs = {k: result[k] for k in (f"cost_{f}" for f in COST_FIELDS) if result.get(k) is not None}
         if costs:
             ot_trial.set_user_attr("cost", costs)
@@ -98,8 +118,6 @@ class CostAwareSearch(OptunaSearch):
         early = int(result.get("training_iteration", 0)) < self.budget_epochs or result.get(INFEASIBLE_KEY)
         if not early or result.get("diverged") or result.get("out_of_memory"):
             return super().on_trial_complete(trial_id, result, error)  # complete; or NaN: failed, as before
-        from optuna.trial import TrialState
-
         self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
