@@ -81,6 +81,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def speed(checkpoint: Path, test_dir: Path, threads: int, tmp: Path) -> dict:
     from ssnf.data.io import list_images
+    from ssnf.export import export
     from ssnf.inference import Detector
 
     detector = Detector.load(checkpoint)
@@ -88,7 +89,7 @@ def speed(checkpoint: Path, test_dir: Path, threads: int, tmp: Path) -> dict:
     exports = {}
     for fmt, name in (("torchscript", "model.torchscript"), ("onnx", "model.onnx")):
         t = time.perf_counter()
-        detector.export(tmp / name, fmt)
+        export(detector, tmp / name, fmt)
         exports[fmt] = {"export_s": time.perf_counter() - t, "mib": (tmp / name).stat().st_size / 2**20}
         files[fmt] = tmp / name
         print(f"export {fmt}: {exports[fmt]['export_s']:.1f} s (verified), {exports[fmt]['mib']:.1f} MiB")
@@ -171,6 +172,7 @@ def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
     from ssnf.evaluate import evaluate
+    from ssnf.export import export
     from ssnf.inference import Detector
     from ssnf.threshold import rates
 
@@ -208,7 +210,7 @@ def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
         print("  the same on the float32 scores (what exported files threshold):")
         result["half_splits_fp32"] = half_splits(detector.model.thresholds["fp32"])
     onnx = tmp / f"{data.category}.onnx"
-    detector.export(onnx, "onnx")
+    export(detector, onnx, "onnx")
     exported = Detector.load(onnx).predict([s.image for s in splits.test])
     eager = detector.predict([s.image for s in splits.test])
     result["onnx_vs_checkpoint"] = {
@@ -228,6 +230,7 @@ def resize_check(checkpoint: Path, data_root: Path | None, tmp: Path, count: int
     from ssnf.data.io import read_image
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
+    from ssnf.export import export
     from ssnf.inference import Detector
 
     detector = Detector.load(checkpoint)
@@ -235,7 +238,7 @@ def resize_check(checkpoint: Path, data_root: Path | None, tmp: Path, count: int
     data = dataclasses.replace(cfg.data, root=str(data_root) if data_root else cfg.data.root)
     test = make_splits(load_index(data), data).test[:count]
     onnx = tmp / f"{data.category}-resize.onnx"
-    detector.export(onnx, "onnx")
+    export(detector, onnx, "onnx")
     exported = Detector.load(onnx)
     host, graph = [], []
     for sample in test:

@@ -257,11 +257,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ssnf.export import export
     from ssnf.inference import Detector
 
     detector = Detector.load(Path(args.checkpoint)).with_threshold(args.fpr, args.pixel_fpr, args.threshold_method)
     out = Path(args.out)
-    detector.export(out, args.format, verify=not args.no_verify)
+    export(detector, out, args.format, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against PyTorch on generated images"
     print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MiB{checked}); input images uint8 "
           f"[batch, height, width, 3] RGB, outputs scores [batch] and maps [batch, {detector.size}, {detector.size}]")

@@ -58,6 +58,7 @@ def example_images(size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
 
 def export(detector: Detector, path: Path, fmt: str, verify: bool = True) -> Path:
     """Write ``detector``'s inference path to ``path`` in ``fmt``; check it against PyTorch (``verify``)."""
+    detector.require_model("export")
     if fmt not in FORMATS:
         raise SSNFError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(path)

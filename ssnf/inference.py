@@ -16,7 +16,7 @@ and the benchmarks all call it.
     detector = Detector.load("models/tire/checkpoint.pt")   # or model.onnx / model.torchscript
     prediction = detector.predict(["part.png"])              # paths, or uint8 arrays of any size
     prediction.scores, prediction.maps, prediction.anomalous  # [N], [N, S, S], [N] bool
-    detector.export("tire.onnx", "onnx")
+    ssnf.export.export(detector, "tire.onnx", "onnx")  # the layer above: it imports this module
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ class Prediction:
 
 
 class Detector:
-    """A trained detector: ``predict`` images, ``threshold``, ``export``; from a checkpoint or an exported file."""
+    """A trained detector: ``predict`` images, ``threshold``; from a checkpoint or an exported file (``ssnf.export``
+    writes one from a detector)."""
 
     def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
                  batch_size: int = 32) -> None:
@@ -272,13 +273,6 @@ class Detector:
         if self.model is None:
             return self._threshold
         return self.model.thresholds.get("fp32")
-
-    def export(self, path: str | Path, fmt: str, verify: bool = True) -> Path:
-        """Write the whole inference path to ``path`` as ``onnx`` or ``torchscript`` (``ssnf.export``)."""
-        from ssnf.export import export
-
-        self.require_model("export")
-        return export(self, Path(path), fmt, verify)
 
     def require_model(self, what: str) -> None:
         if self.model is None:

@@ -17,7 +17,7 @@ from ssnf.checkpoint import load_checkpoint
 from ssnf.config import SSNFConfig, ThresholdConfig, to_dict, with_overrides
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.evaluate import evaluate
-from ssnf.export import check_parity, example_images
+from ssnf.export import check_parity, example_images, export
 from ssnf.inference import Detector, file_kind
 from ssnf.model.subnets import BLOCKS
 from ssnf.predict import read_map_png16
@@ -169,7 +169,7 @@ PER_SCALE = {"scale_couplings": (2, 1), "scale_hidden": (16, 8)}
                          + [("onnx", ",".join(sorted(BLOCKS)), PER_SCALE)])
 def test_export_matches_pytorch_for_every_block_kind(blocks, fmt, model, tmp_path):
     detector = _untrained(blocks, model)
-    path = detector.export(tmp_path / f"model.{fmt}", fmt)  # the export checks parity itself; again here, stated
+    path = export(detector, tmp_path / f"model.{fmt}", fmt)  # the export checks parity itself; again here, stated
     assert file_kind(path) == fmt
     images = np.concatenate([example_images(64, 3, seed=9), example_images(64, 2, seed=10)])
     worst = check_parity(detector, path, images=images, atol=1e-4, rtol=1e-4)  # maps and scores within 1e-4
@@ -183,13 +183,13 @@ def test_export_matches_pytorch_for_every_block_kind(blocks, fmt, model, tmp_pat
     scores, maps = exported.run(odd)
     assert scores.shape == (1,) and maps.shape == (1, 64, 64)
     with pytest.raises(SSNFError, match="needs the PyTorch model"):
-        exported.export(tmp_path / "again.onnx", "onnx")
+        export(exported, tmp_path / "again.onnx", "onnx")
 
 
 @pytest.mark.parametrize("kind", ["density", "fastflow", "z2"])
 def test_export_matches_pytorch_for_every_map_kind(kind, tmp_path):
     detector = _untrained("conv,attn", map=kind, image_score="max", smooth_sigma=2.0)
-    path = detector.export(tmp_path / "model.pt", "torchscript")
+    path = export(detector, tmp_path / "model.pt", "torchscript")
     worst = check_parity(detector, path, atol=1e-4, rtol=1e-4)
     assert worst["scores"] < 1e-4 and worst["maps"] < 1e-4
 
@@ -202,13 +202,13 @@ def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ssnf.export, "check_parity", mismatch)
     with pytest.raises(SSNFError, match="scores differ"):
-        _untrained("conv").export(tmp_path / "model.pt", "torchscript")
+        export(_untrained("conv"), tmp_path / "model.pt", "torchscript")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refuses_an_unknown_format(tmp_path):
     with pytest.raises(SSNFError, match="export format 'tflite' is not one of onnx, torchscript"):
-        _untrained("conv").export(tmp_path / "m", "tflite")
+        export(_untrained("conv"), tmp_path / "m", "tflite")
 
 
 # -- ssnf predict ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from ssnf.checkpoint import load_checkpoint
 from ssnf.config import SSNFConfig, ThresholdConfig, from_dict, merge, to_dict, with_overrides
 from ssnf.errors import ConfigError
-from ssnf.export import check_parity, example_images
+from ssnf.export import check_parity, example_images, export
 from ssnf.inference import Detector
 from ssnf.model.bank import CHUNK, MemoryBank, build_bank, greedy_coreset, patch_features
 from ssnf.prepared import ValidationSet
@@ -251,7 +251,7 @@ def _bank_detector(kind: str) -> Detector:
 def test_bank_maps_export_with_parity(kind, fmt, tmp_path):
     """Both bank kinds in TorchScript; ONNX on the fused map, which runs the bank and the flows both."""
     detector = _bank_detector(kind)
-    path = detector.export(tmp_path / f"model.{fmt}", fmt)
+    path = export(detector, tmp_path / f"model.{fmt}", fmt)
     worst = check_parity(detector, path, atol=1e-4, rtol=1e-4)  # raises beyond 1e-4 + 1e-4 x value
     assert worst["scores"] < 1e-3 and worst["maps"] < 1e-3
     images = example_images(64, 3, seed=9)
