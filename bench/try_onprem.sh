@@ -4,7 +4,7 @@
 # ssh (a private sshd on a free loopback port), a copy of onprem.yaml changed for this machine, a small
 # sweep submitted with `ray submit`, its Parquet results checked, `ray down`.
 #
-#     sudo bash cluster/try_onprem.sh        # root: apt, useradd, sshd
+#     sudo bash bench/try_onprem.sh          # root: apt, useradd, sshd
 #
 # Leaves nothing behind: the EXIT trap undoes every step, whichever one failed, then compares the
 # machine with what it was at the start (packages, users, listening sockets, processes, /tmp) and prints
