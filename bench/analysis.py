@@ -9,9 +9,12 @@ confirmation run -> select (confirmed) -> importance -> honest -> every notebook
     python bench/analysis.py --name paper --sweeps paper-tire,paper-magnetic_tile --storage /work/sweeps \
         --data-root ../shared/data --k 2 --seeds 2 --spread --out bench/results/issue20
 
-Everything goes to ``--storage`` (default /tmp/ssnf-bench-analysis); the printed tables and a JSON of the
-timings to ``--out`` (default bench/results/issue19/<name>), with the notebooks' PNGs and the Parquet
-results (``results/`` and the Optuna journal of both experiments; not Ray's checkpoints).
+Everything goes to ``--storage`` (default /tmp/ssnf-bench-analysis). To ``--out`` (default
+bench/results/issue19/<name>): what git keeps — ``trials.parquet`` (every trial row of the sweeps and the
+confirmation, ``bench/summarize.py``), ``timings.json``, ``importance.csv``, ``best/<category>.yaml`` and the
+validation spreads — and the raw tree, which ``.gitignore`` keeps out of git: ``experiments/`` (the results
+with their per-epoch rows and the Optuna journals; not Ray's checkpoints), ``reports/`` (the executed notebooks
+and their PNGs), ``best/*.parquet``, ``log.txt`` (every command's output).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from summarize import read_trials, write_summary  # bench/summarize.py: the compact copy git keeps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,6 +98,7 @@ def main() -> int:
         for part in ("results", "optuna"):
             if Path(src, part).exists():
                 shutil.copytree(Path(src, part), out / "experiments" / name / part, dirs_exist_ok=True)
+    write_summary(read_trials([*sweeps, confirm]), out / "trials.parquet")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     print("\ntimings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return 0

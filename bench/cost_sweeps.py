@@ -3,9 +3,10 @@ the budget, the Pareto front; a compact copy of the rows for the record.
 
     .venv/bin/python bench/cost_sweeps.py EXPERIMENT... [--max-ms 40] [--out bench/results/issue29/sweeps.parquet]
 
-EXPERIMENT: sweep or confirmation folders (``<storage>/<name>``). The compact copy keeps, per trial, its status,
-epochs, validation and test figures, measured costs, timings and the config keys the ``cost`` space searches:
-enough for ``analysis`` tables and figures, a few KB instead of the experiment's per-trial files.
+EXPERIMENT: sweep or confirmation folders (``<storage>/<name>``). The compact copy (``--out``) is
+``bench/summarize.py``'s: every trial row, no per-epoch rows; enough for ``analysis`` tables and figures, tens of
+KB instead of the experiment's per-trial files. (``bench/results/issue29/sweeps.parquet`` was written before it
+took every column: it has the status, epochs, validation and test figures, costs, timings and ``config.*``.)
 """
 
 from __future__ import annotations
@@ -14,21 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from summarize import write_summary  # bench/summarize.py: the compact copy git keeps
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-
-KEEP = ["experiment", "category", "trial_id", "status", "failure", "space", "params", "confirms", "confirms_experiment",
-        "epochs_run", "budget_epochs", "seed", "final_val_score", "final_val_score_clean", "final_val_nuisance_fpr",
-        "final_val_map", "final_val_image_map", "final_val_image_score", "test_image_auroc", "test_pixel_auroc",
-        "test_aupro", "cost_params", "cost_bank_entries", "cost_gflops", "cost_infer_ms_b1", "cost_infer_ms_b32",
-        "cost_threads", "cost_s", "wall_s", "train_s", "setup_s", "test_s", "ray_overhead_s", "started_at", "ended_at"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiments", nargs="+")
     p.add_argument("--max-ms", type=float, default=0.0)
-    p.add_argument("--out", help="write the compact rows (every config.* column kept) here as Parquet")
+    p.add_argument("--out", help="write the compact rows (bench/summarize.py) here as Parquet")
     args = p.parse_args()
     from ssnf.results import pareto_front, read_results
 
@@ -53,10 +50,8 @@ def main() -> None:
                       f"augment {r['config.train.augment']}, w {r['config.loss.weight']:g}  test "
                       f"{r['test_image_auroc']:.3f} / {r['test_pixel_auroc']:.3f} / {r['test_aupro']:.3f}")
     if args.out:
-        config = [c for c in trials.columns if c.startswith("config.")]
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        trials[KEEP + config].to_parquet(args.out, index=False)
-        print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1024:.0f} KiB)")
+        out = write_summary(trials, args.out)
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,16 @@
     .venv/bin/python bench/detector.py rescore [--categories ...] [--variants ...] [--seeds 0,1]  # after a scoring change
     .venv/bin/python bench/detector.py table   # print the tables of everything measured so far
     .venv/bin/python bench/detector.py curves [--categories tire]  # validation per epoch of every run
+    .venv/bin/python bench/detector.py summary # the runs' JSONs -> quality.json, the copy git keeps
 
 Quality: pretrained mobilenetv2_100 at 256x256, a fixed epoch budget, the *last* epoch's model, test
-metrics computed once at the end (nothing is selected on test). One JSON per run in --out, so an
-interrupted benchmark resumes where it stopped (delete a JSON to rerun it).
+metrics computed once at the end (nothing is selected on test). One JSON per run in --out
+(``quality-<category>-<variant>[-seedN].json``), so an interrupted benchmark resumes where it stopped (delete a
+JSON to rerun it). Those JSONs are the raw output (``.gitignore`` keeps them out of git); ``summary`` folds them
+into ``--out/quality.json``, and ``table`` / ``curves`` read both, a run's own JSON over its copy there. The
+copy leaves out the config tree (``bench/configs/<variant>.yaml`` over the base, at the run's commit), keeps the
+history per key (six significant digits; validation's candidates of the last epoch only) and each test image's
+score as the float32 it was, the images listed once per category.
 
 A variant is a config file: ``--variants default,w0`` reads ``bench/configs/default.yaml`` and
 ``bench/configs/w0.yaml`` over the benchmark's base. Speed: ``bench/speed.py``.
@@ -24,6 +30,7 @@ import time
 from operator import itemgetter
 from pathlib import Path
 
+import numpy
 import torch
 
 from ssnf.checkpoint import load_checkpoint
@@ -139,14 +146,89 @@ def rescore_one(out: Path, category: str, variant: str, seed: int) -> None:
                    rescored_from=str(ckpt_path.relative_to(out)), **kept)
 
 
+SUMMARY = "quality.json"
+DROPPED = ("config", "rescored_from")  # the config is bench/configs/<variant>.yaml over the base, at the run's commit
+LAST_EPOCH_ONLY = ("val_candidates", "val_switch", "val_at_training")  # kept whole, of the last epoch
+
+
+def run_key(r: dict) -> str:
+    """A run's name, as in its JSON's file name."""
+    return f"{r['category']}-{r['variant']}" + (f"-seed{r['seed']}" if r.get("seed") else "")
+
+
+def load_runs(out: Path, category: str = "") -> list[dict]:
+    """Every quality run in ``out``: those in ``quality.json``, then the runs' own JSONs (which win), by name."""
+    runs: dict[str, dict] = {}
+    if (out / SUMMARY).is_file():
+        runs = {run_key(r): r for r in expand_summary(json.loads((out / SUMMARY).read_text()))}
+    for path in sorted(out.glob("quality-*.json")):
+        r = json.loads(path.read_text())
+        runs[run_key(r)] = r
+    return [runs[k] for k in sorted(runs) if not category or runs[k]["category"] == category]
+
+
+def compact_summary(runs: list[dict]) -> dict:
+    """The runs without their config trees and early epochs' candidates; test images listed once per category,
+    each run keeping its scores in that order (``test_scores``)."""
+    images: dict[str, list] = {}
+    kept = []
+    for r in runs:
+        r = {k: v for k, v in r.items() if k not in DROPPED}
+        history = r.pop("history")
+        keys = dict.fromkeys(k for e in history for k in e if k not in LAST_EPOCH_ONLY)
+        r["history"] = {k: [short(e.get(k)) for e in history] for k in keys}  # None: the epoch lacks the key
+        r["last_epoch"] = {k: v for k, v in history[-1].items() if k in LAST_EPOCH_ONLY} if history else {}
+        shown = r.pop("test_images", None)
+        if shown:
+            listed = [[i["image"], i["label"], i["defect"]] for i in shown]
+            if images.setdefault(r["category"], listed) == listed:
+                r["test_scores"] = [float(str(numpy.float32(i["score"]))) for i in shown]
+            else:  # another test split than the category's first run: its own list
+                r["test_images"] = shown
+        kept.append(r)
+    return {"about": "bench/detector.py summary of the quality-*.json runs; read with bench/detector.py table / curves",
+            "images": images, "runs": kept}
+
+
+def short(value):
+    """A float to six significant digits; anything else as it is."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def expand_summary(summary: dict) -> list[dict]:
+    """``compact_summary``'s runs in the form of a run's own JSON (what ``table`` and ``curves`` read)."""
+    runs = []
+    for r in summary["runs"]:
+        r = dict(r)
+        columns, last = r.pop("history"), r.pop("last_epoch")
+        n = len(columns.get("epoch", []))
+        r["history"] = [{k: v[i] for k, v in columns.items() if v[i] is not None} for i in range(n)]
+        if n:
+            r["history"][-1].update(last)
+        scores = r.pop("test_scores", None)
+        if scores is not None:  # the float32 each score was, exactly
+            r["test_images"] = [{"image": i, "label": lab, "defect": d, "score": float(numpy.float32(v))}
+                                for (i, lab, d), v in zip(summary["images"][r["category"]], scores)]
+        runs.append(r)
+    return runs
+
+
+def write_summary(args) -> None:
+    out = Path(args.out)
+    summary = compact_summary(load_runs(out))
+    lines = [f'{{"about": {json.dumps(summary["about"])},', f'"images": {json.dumps(summary["images"])},', '"runs": [']
+    lines.append(",\n".join(json.dumps(r) for r in summary["runs"]))  # one run a line: readable diffs
+    (out / SUMMARY).write_text("\n".join(lines) + "\n]}\n")
+    print(f"wrote {out / SUMMARY}: {len(summary['runs'])} runs, {(out / SUMMARY).stat().st_size / 1024:.0f} KiB")
+
+
 def run_name(r: dict) -> str:
     """A quality run's variant, with its seed when not 0."""
     return r["variant"] + (f" seed {r['seed']}" if r.get("seed") else "")
 
 
 def print_tables(args) -> None:
-    out = Path(args.out)
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("quality-*.json"))]
+    rows = load_runs(Path(args.out))
     if rows:
         print("| category | variant | epochs | image AUROC | pixel AUROC | AUPRO | image F1-max | s/epoch "
               "| last val_score | scoring (pixel map; image score) |")
@@ -168,9 +250,8 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 def print_curves(args) -> None:
     """Validation after every epoch of every quality run (what a sweep sees; no test figure), with the share of
     masked positions still pushed and the w used: when does the synthetic term help, when does it stop."""
-    out = Path(args.out)
     for category in args.categories.split(","):
-        rows = [json.loads(p.read_text()) for p in sorted(out.glob(f"quality-{category}-*.json"))]
+        rows = load_runs(Path(args.out), category)
         for key, label in (("val_pixel_auroc", "validation pixel AUROC"), ("val_score", "val_score"),
                            ("active", "share of masked positions still pushed"), ("weight", "w used")):
             shown = [r for r in rows if all(key in e for e in r["history"])]
@@ -254,7 +335,7 @@ def print_difference(category: str, variant: str, seeds: str, out: dict) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["quality", "rescore", "table", "curves"])
+    parser.add_argument("command", choices=["quality", "rescore", "table", "curves", "summary"])
     parser.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--categories", default="tire,magnetic_tile")
     parser.add_argument("--category", default="tire")
@@ -264,7 +345,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="rescore: the seeds whose runs to re-score, e.g. 0,1,2,3")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    {"quality": run_quality, "rescore": run_rescore, "table": print_tables, "curves": print_curves}[args.command](args)
+    {"quality": run_quality, "rescore": run_rescore, "table": print_tables, "curves": print_curves,
+     "summary": write_summary}[args.command](args)
 
 
 if __name__ == "__main__":

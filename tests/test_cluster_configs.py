@@ -39,6 +39,13 @@ def load(name: str) -> dict:
 LAUNCHERS = sorted(p.name for p in CLUSTER.glob("*.yaml") if "provider" in (yaml.safe_load(p.read_text()) or {}))
 
 
+def test_the_folder_holds_only_what_users_copy():
+    """Configs, the image they run in and how to use them; a harness that tries them (bench/try_onprem.sh) lives
+    with the benchmarks."""
+    others = [p.name for p in CLUSTER.iterdir() if p.suffix not in (".yaml", ".md") and p.name != "Dockerfile"]
+    assert others == [], f"not a config a user copies: {others}"
+
+
 def gpu_node_types(config: dict) -> list[dict]:
     return [t for t in config.get("available_node_types", {}).values() if t.get("resources", {}).get("GPU")]
 

@@ -7,6 +7,13 @@
 """
 
 import os
+from importlib.util import find_spec
+
+# The library installs without Ray and Optuna (the `tune` extra): say so in one line, before any module here
+# fails on its own import.
+_missing = [name for name in ("ray", "optuna") if find_spec(name) is None]
+if _missing:
+    raise ImportError(f"ssnf.tune (the sweep) needs {' and '.join(_missing)}: pip install ssnf[tune]")
 
 # Local runs stay quiet and on this machine; explicit settings in the environment win.
 for _key, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
