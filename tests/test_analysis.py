@@ -186,7 +186,17 @@ def test_honest_spearman_and_the_gap(store, tmp_path):
         spearmanr(every["final_val_score"], every["test_image_auroc"])[0])
 
 
+def _outputs(written: Path) -> list[dict]:
+    import nbformat
+
+    return [o for c in nbformat.read(written, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+
+
 def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
+    """Every notebook, executed as a user's CI would (nbclient, a fresh kernel each), on a sweep and its
+    confirmation: each writes its PNGs and embeds its figures in the executed notebook."""
+    import nbformat
+
     confirm = write_confirmation(tmp_path, store / "sweep", {"wa0000": [0.9, 0.91]})
     params = {"RESULTS": [str(store / "sweep"), str(confirm)], "OUT": str(tmp_path / "out"),
               "REFERENCES": str(REPO / "analysis" / "references.csv")}
@@ -195,10 +205,46 @@ def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
     for path in notebooks():
         run = run_notebook(path, params, tmp_path / "out")
         assert run.written.is_file() and run.cells >= 2
+        outputs = _outputs(run.written)
+        assert not [o for o in outputs if o.output_type == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.stem}: no figure in the notebook"
+        cells = nbformat.read(run.written, as_version=4).cells
+        tags = [c.metadata.get("tags", []) for c in cells]
+        injected = tags.index(["injected-parameters"])
+        assert "parameters" in tags[injected - 1] and repr(params["RESULTS"]) in cells[injected].source
     pngs = {p.stem for p in (tmp_path / "out").glob("*.png")}
     assert {"overview_statuses", "overview_history", "overview_rungs", "selection_confirmation", "importance_washer",
             "parallel_washer", "learning_curves", "honest_val_vs_test", "comparison", "cost_pareto"} <= pngs
     assert (tmp_path / "out" / "best" / "washer.yaml").is_file()
+
+
+def test_a_notebook_runs_in_a_kernel_of_this_interpreter_and_keeps_every_output(tmp_path, monkeypatch):
+    """The kernel is ipykernel in this interpreter, whatever kernelspecs exist (here a broken ``python3`` one
+    first on JUPYTER_PATH, and none installed by hand), in the caller's folder and environment; parameters go
+    in after the ``parameters`` cell; stdout, stderr, warnings and the figure stay in the executed notebook."""
+    shadow = tmp_path / "jupyter" / "kernels" / "python3"
+    shadow.mkdir(parents=True)
+    (shadow / "kernel.json").write_text(json.dumps({"argv": ["/nowhere/python", "-m", "ipykernel_launcher", "-f",
+                                                             "{connection_file}"], "display_name": "broken",
+                                                    "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("SSNF_PROBE", "passed through")
+    monkeypatch.chdir(tmp_path)
+    probe = tmp_path / "01_probe.py"
+    probe.write_text(
+        '# %% tags=["parameters"]\nX = 1\nOUT = "nowhere"\n\n'
+        "# %%\nimport os, sys, warnings\nimport matplotlib.pyplot as plt\nfrom analysis import plots\n"
+        "print(sys.executable, X, os.getcwd(), os.environ['SSNF_PROBE'])\n"
+        "print('to stderr', file=sys.stderr)\nwarnings.warn('careful')\n"
+        "fig, ax = plt.subplots()\nax.plot([0, 1])\nprint(plots.save(fig, OUT, 'probe'))\n")
+    run = run_notebook(probe, {"X": 5, "OUT": "figs"}, "out")
+    assert run.cells == 2 and run.written == Path("out") / "01_probe.ipynb"
+    assert run.outputs[1].split("\n")[0] == f"{sys.executable} 5 {tmp_path} passed through"
+    outputs = _outputs(tmp_path / "out" / "01_probe.ipynb")
+    stderr = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "to stderr" in stderr and "UserWarning: careful" in stderr
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert (tmp_path / "figs" / "probe.png").is_file(), "the figure is also a PNG, where OUT says"
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
@@ -207,6 +253,11 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
     with pytest.raises(NotebookError, match=r"01_bad.py: cell 2 failed: ValueError: boom"):
         run_notebook(bad, {}, tmp_path / "out")
     assert (tmp_path / "out" / "01_bad.ipynb").is_file()
+    assert [o for o in _outputs(tmp_path / "out" / "01_bad.ipynb") if o.output_type == "error"][0].ename == "ValueError"
+    slow = tmp_path / "02_slow.py"
+    slow.write_text("# %% [markdown]\n# slow\n\n# %%\nimport time\ntime.sleep(60)\n")
+    with pytest.raises(NotebookError, match=r"02_slow.py: cell 2 ran longer than the timeout \(1 s per cell\)"):
+        run_notebook(slow, {}, tmp_path / "out", timeout=1)
 
 
 def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
