@@ -186,6 +186,59 @@ def test_honest_spearman_and_the_gap(store, tmp_path):
         spearmanr(every["final_val_score"], every["test_image_auroc"])[0])
 
 
+def test_overview_counts_statuses_and_sums_time_over_sweep_trials_only():
+    from analysis.overview import status_counts, time_spent
+
+    trials = pd.DataFrame({
+        "category": ["a", "a", "a", "b", "a"], "status": ["completed", "stopped", "completed", "error", "completed"],
+        "confirms": [None, None, None, None, "a0"],  # the last row is a confirmation run: not a sweep trial
+        "epochs_run": [4, 1, 4, 0, 4], "wall_s": [10.0, 2.0, 12.04, 1.0, 50.0], "train_s": [8.0, 1.5, 9.0, 0.0, 40.0],
+        "setup_s": [1.0, 0.25, 1.0, 1.0, 5.0], "test_s": [0.5, 0.0, 0.5, 0.0, 1.0], "ray_overhead_s": [0.5, 0.25, 1.54, 0.0, 4.0]})
+    counts = status_counts(trials)
+    assert counts.loc["a"].to_dict() == {"completed": 2, "error": 0, "stopped": 1}
+    assert counts.loc["b"].to_dict() == {"completed": 0, "error": 1, "stopped": 0}
+    spent = time_spent(trials)
+    assert spent.loc["a", "wall_s"] == pytest.approx(24.0) and spent.loc["a", "train_s"] == pytest.approx(18.5)
+    assert spent.loc["a", "ray_overhead_s"] == pytest.approx(2.3)  # 2.29, to 0.1 s
+    assert spent.loc["a"][["trials", "epochs_mean", "epochs_max"]].tolist() == [3, 3.0, 4]
+    assert spent.loc["b"][["trials", "epochs_max"]].tolist() == [1, 0]
+
+
+def test_optimism_is_the_sweep_score_above_the_seeds_mean():
+    from analysis.selection import optimism
+
+    table = pd.DataFrame({"category": ["a", "a", "b"], "rank": [1, 2, 1], "trial_id": ["a1", "a2", "b1"],
+                          "sweep_val_score": [0.95, 0.90, 0.80], "val_mean": [0.85, 0.89, float("nan")],
+                          "val_std": [0.01, 0.02, float("nan")], "chosen": [False, True, True], "reason": ["", "", ""]})
+    got = optimism(table)
+    assert list(got.columns) == ["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism", "chosen"]
+    assert got["optimism"].iloc[:2].tolist() == pytest.approx([0.10, 0.01]) and got["optimism"].isna().iloc[2]
+
+
+def test_importance_by_category_says_why_a_category_has_no_table(store):
+    from analysis.importance import by_category
+    from ssnf.results import Results
+
+    results = read_results([store / "sweep"])
+    found = by_category(results)
+    assert [f.category for f in found] == list(dict.fromkeys(results.trials["category"]))
+    for f in found:
+        part = results.category(f.category)
+        assert f.at == objective(part.trials, part.epochs) and f.table is not None and not f.note
+    washer = by_category(results, ["washer"], at="final")[0]
+    assert washer.objective == "final val_score of full-budget trials" and washer.table.iloc[0]["param"] == "train.lr"
+    assert by_category(results, ["washer"], at="1")[0].objective == "val_score at epoch 1"
+    # two full-budget trials of washer left: washer has no table and says why; weave still has one
+    t = results.trials
+    drop = t[(t["category"] == "washer") & (t["status"] == "completed")].index[2:]
+    fewer = by_category(Results(t.drop(drop), results.epochs, results.sources), at="final")
+    by_name = {f.category: f for f in fewer}
+    assert by_name["washer"].table is None and "importance needs 4" in by_name["washer"].note
+    assert by_name["weave"].table is not None
+    with pytest.raises(ResultsError, match="category bolts is not in the results"):
+        by_category(results, ["washer", "bolts"])
+
+
 def _outputs(written: Path) -> list[dict]:
     import nbformat
 
