@@ -315,7 +315,7 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
 
 def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
     probe = ("import sys; results, out = sys.argv[1:3]\n"
-             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook, analysis.plots\n"
+             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook, analysis.overview, analysis.plots\n"
              "from analysis.__main__ import main\n"
              "code = main(['select', results, '--out', out]) or main(['importance', results]) or main(['honest', results])\n"
              "bad = [m for m in ('ray', 'torch', 'timm') if m in sys.modules]; assert not bad, bad; sys.exit(code)")
