@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--max-ms", type=float, default=0.0, metavar="MS",
                    help="06_cost: the budget drawn and selected within (default 0: none)")
     n.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
-                   help=f"seconds any one cell may run before the notebook fails (default {CELL_TIMEOUT_S})")
+                   help=f"seconds any one cell may run before the notebook fails (default {CELL_TIMEOUT_S}; 0: no limit)")
     return p
 
 

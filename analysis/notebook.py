@@ -47,14 +47,16 @@ def notebooks() -> list[Path]:
 
 
 def inject_parameters(nb, params: dict) -> int:
-    """Insert a cell tagged ``injected-parameters`` that sets ``params`` after the cell tagged ``parameters``
-    (at the top where there is none), replacing an injected cell left from an earlier run. Returns its index."""
+    """Insert a cell tagged ``injected-parameters`` that sets ``params`` (Python literals; paths become
+    strings) after the cell tagged ``parameters`` (at the top where there is none), replacing an injected
+    cell left from an earlier run. Returns its index."""
     import nbformat
 
     nb.cells = [c for c in nb.cells if INJECTED_TAG not in c.metadata.get("tags", [])]
     tagged = [i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])]
     at = tagged[0] + 1 if tagged else 0
-    source = "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in params.items())
+    literals = {name: os.fspath(v) if isinstance(v, os.PathLike) else v for name, v in params.items()}
+    source = "# Parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in literals.items())
     nb.cells.insert(at, nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]}))
     return at
 
@@ -82,7 +84,7 @@ class _Position:
 
 def run_notebook(path: str | Path, params: dict, out: str | Path, timeout: int = CELL_TIMEOUT_S) -> NotebookRun:
     """Execute the notebook at ``path`` with ``params`` in a fresh kernel; write ``<out>/<name>.ipynb``.
-    ``timeout``: seconds any one cell may run."""
+    ``timeout``: seconds any one cell may run (0: no limit)."""
     try:
         import jupytext
         import nbformat
@@ -93,9 +95,9 @@ def run_notebook(path: str | Path, params: dict, out: str | Path, timeout: int =
 
     path = Path(path)
     nb = jupytext.read(path)
-    numbers = list(range(1, len(nb.cells) + 1))  # a cell's place in the .py, as a reader counts it
-    at = inject_parameters(nb, params)
-    numbers.insert(at, 0)
+    place = {id(cell): number for number, cell in enumerate(nb.cells, start=1)}  # in the .py, as a reader counts
+    inject_parameters(nb, params)
+    numbers = [place.get(id(cell), 0) for cell in nb.cells]  # 0: the injected cell
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = out / f"{path.stem}.ipynb"
