@@ -158,7 +158,8 @@ class CategoryImportance:
         return "final val_score of full-budget trials" if self.at == "final" else f"val_score at epoch {self.at}"
 
 
-def by_category(results: Results, categories: list[str] | None = None, at: str | int = "auto") -> list[CategoryImportance]:
+def by_category(results: Results, categories: list[str] | None = None,
+                at: str | int = "auto") -> list[CategoryImportance]:
     """``importances`` for each category (default: every one, in the order of the results) at ``at``:
     ``"auto"`` (``objective`` per category), ``"final"`` or an epoch. A category with too few trials gets
     its reason instead of a table, and the others go on; a category not in the results is an error."""

@@ -122,8 +122,8 @@ def run_notebook(path: str | Path, params: dict, out: str | Path, timeout: int =
     except RuntimeError as exc:  # nbclient's words for a kernel that did not start or answer
         if position.index >= 0:
             raise
-        raise NotebookError(f"{path.name}: no Python kernel started ({exc}); does `{sys.executable} -m ipykernel_launcher "
-                            "--help` work?") from exc
+        raise NotebookError(f"{path.name}: no Python kernel started ({exc}); "
+                            f"does `{sys.executable} -m ipykernel_launcher --help` work?") from exc
     finally:
         nbformat.write(nb, written)
     code = [c for c in nb.cells if c.cell_type == "code" and INJECTED_TAG not in c.metadata.get("tags", [])]

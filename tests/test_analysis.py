@@ -193,7 +193,8 @@ def test_overview_counts_statuses_and_sums_time_over_sweep_trials_only():
         "category": ["a", "a", "a", "b", "a"], "status": ["completed", "stopped", "completed", "error", "completed"],
         "confirms": [None, None, None, None, "a0"],  # the last row is a confirmation run: not a sweep trial
         "epochs_run": [4, 1, 4, 0, 4], "wall_s": [10.0, 2.0, 12.04, 1.0, 50.0], "train_s": [8.0, 1.5, 9.0, 0.0, 40.0],
-        "setup_s": [1.0, 0.25, 1.0, 1.0, 5.0], "test_s": [0.5, 0.0, 0.5, 0.0, 1.0], "ray_overhead_s": [0.5, 0.25, 1.54, 0.0, 4.0]})
+        "setup_s": [1.0, 0.25, 1.0, 1.0, 5.0], "test_s": [0.5, 0.0, 0.5, 0.0, 1.0],
+        "ray_overhead_s": [0.5, 0.25, 1.54, 0.0, 4.0]})
     counts = status_counts(trials)
     assert counts.loc["a"].to_dict() == {"completed": 2, "error": 0, "stopped": 1}
     assert counts.loc["b"].to_dict() == {"completed": 0, "error": 1, "stopped": 0}
@@ -211,7 +212,8 @@ def test_optimism_is_the_sweep_score_above_the_seeds_mean():
                           "sweep_val_score": [0.95, 0.90, 0.80], "val_mean": [0.85, 0.89, float("nan")],
                           "val_std": [0.01, 0.02, float("nan")], "chosen": [False, True, True], "reason": ["", "", ""]})
     got = optimism(table)
-    assert list(got.columns) == ["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism", "chosen"]
+    assert list(got.columns) == ["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism",
+                                 "chosen"]
     assert got["optimism"].iloc[:2].tolist() == pytest.approx([0.10, 0.01]) and got["optimism"].isna().iloc[2]
 
 
@@ -315,7 +317,8 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
 
 def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
     probe = ("import sys; results, out = sys.argv[1:3]\n"
-             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook, analysis.overview, analysis.plots\n"
+             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook\n"
+             "import analysis.overview, analysis.plots\n"
              "from analysis.__main__ import main\n"
              "code = main(['select', results, '--out', out]) or main(['importance', results]) or main(['honest', results])\n"
              "bad = [m for m in ('ray', 'torch', 'timm') if m in sys.modules]; assert not bad, bad; sys.exit(code)")

@@ -38,7 +38,8 @@ def _get(url: str, server: subprocess.Popen, log: Path, until, seconds: float = 
         except (urllib.error.URLError, ConnectionError):
             pass  # not listening yet
         time.sleep(0.3)
-    raise AssertionError(f"{url}: no answer as expected in {seconds:.0f} s (last: {answer}); log: {log.read_text()[-2000:]}")
+    raise AssertionError(f"{url}: no answer as expected in {seconds:.0f} s (last: {answer}); "
+                         f"log: {log.read_text()[-2000:]}")
 
 
 def _trial(study, scores: list[float], state=None):

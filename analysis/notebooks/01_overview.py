@@ -26,7 +26,8 @@ from analysis.selection import sweep_rows
 from ssnf.results import read_results
 
 results = read_results(RESULTS)
-print(f"{len(sweep_rows(results.trials))} sweep trials from {len(results.sources)} experiment(s): {', '.join(results.sources)}")
+sweep = sweep_rows(results.trials)  # the search trials, not confirmation runs
+print(f"{len(sweep)} sweep trials from {len(results.sources)} experiment(s): {', '.join(results.sources)}")
 print(status_counts(results.trials).to_string())
 
 # %%
