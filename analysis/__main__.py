@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Sequence
 
+from analysis.notebook import CELL_TIMEOUT_S
 from ssnf.errors import SSNFError
 
 
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--only", help="comma-separated notebook names (default: all)")
     n.add_argument("--max-ms", type=float, default=0.0, metavar="MS",
                    help="06_cost: the budget drawn and selected within (default 0: none)")
+    n.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
+                   help=f"seconds any one cell may run before the notebook fails (default {CELL_TIMEOUT_S}; 0: no limit)")
     return p
 
 
@@ -89,25 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "importance":
             import pandas as pd
 
-            from analysis.importance import importances, markdown
+            from analysis.importance import by_category, markdown
 
-            from analysis.importance import objective
-
-            present = list(dict.fromkeys(results.trials["category"]))
-            cats = _categories(args.categories) or present
-            missing = [c for c in cats if c not in present]
-            if missing:
-                raise SSNFError(f"category {missing[0]} is not in the results (they have {', '.join(sorted(present))})")
             tables = []
-            for c in cats:
-                part = results.category(c)
-                at = objective(part.trials, part.epochs) if args.at == "auto" else args.at
-                at = at if at == "final" else int(at)
-                print(f"{c}: objective = {'final val_score of full-budget trials' if at == 'final' else f'val_score at epoch {at}'}")
-                try:
-                    tables.append(importances(part.trials, part.epochs, at=at).assign(objective=str(at)))
-                except SSNFError as exc:  # too few trials in this category: said, and the others go on
-                    print(f"  {exc}")
+            for found in by_category(results, _categories(args.categories), args.at):
+                print(f"{found.category}: objective = {found.objective}")
+                if found.table is None:  # too few trials in this category: said, and the others go on
+                    print(f"  {found.note}")
+                else:
+                    tables.append(found.table.assign(objective=str(found.at)))
             if not tables:
                 raise SSNFError("no category has enough trials for an importance (see above)")
             table = pd.concat(tables, ignore_index=True)
@@ -139,7 +132,7 @@ def _notebooks(args: argparse.Namespace, started: float) -> int:
     for path in notebooks():
         if only and path.stem not in only and path.stem.split("_", 1)[-1] not in only:
             continue
-        run = run_notebook(path, params, args.out)
+        run = run_notebook(path, params, args.out, timeout=args.timeout)
         print(f"{path.name}: {run.cells} cells in {run.seconds:.1f} s -> {run.written}")
     print(f"(notebooks: {time.perf_counter() - started:.1f} s)")
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from scipy.stats import spearmanr
 
 from analysis.selection import ranked, sweep_rows
 from ssnf.results import full_budget
@@ -49,6 +48,8 @@ def honest(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _spearman(rows: pd.DataFrame, column: str) -> tuple[float, float]:
+    from scipy.stats import spearmanr  # here: scipy.stats takes a second to import, and `import analysis` stays quick
+
     if len(rows) >= 3 and rows[column].nunique() > 1 and rows["final_val_score"].nunique() > 1:
         rho, p = spearmanr(rows["final_val_score"], rows[column])
         return float(rho), float(p)

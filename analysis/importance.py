@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 
 import pandas as pd
 
-from ssnf.results import ResultsError
+from ssnf.results import Results, ResultsError
 
 ABSENT = "(absent)"
 EVALUATORS = ("ped_anova", "fanova")
@@ -140,6 +141,42 @@ def importances(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, at: st
         table[name] = [float(got.get(p, 0.0)) for p in params]
     table.insert(0, "category", category)
     return table.sort_values("fanova", ascending=False, ignore_index=True)
+
+
+@dataclass
+class CategoryImportance:
+    """One category's importances, at the objective chosen for it; ``table`` is None where too few trials had
+    a score there, and ``note`` says so."""
+
+    category: str
+    at: str | int  # "final" or an epoch
+    table: pd.DataFrame | None
+    note: str = ""
+
+    @property
+    def objective(self) -> str:
+        return "final val_score of full-budget trials" if self.at == "final" else f"val_score at epoch {self.at}"
+
+
+def by_category(results: Results, categories: list[str] | None = None,
+                at: str | int = "auto") -> list[CategoryImportance]:
+    """``importances`` for each category (default: every one, in the order of the results) at ``at``:
+    ``"auto"`` (``objective`` per category), ``"final"`` or an epoch. A category with too few trials gets
+    its reason instead of a table, and the others go on; a category not in the results is an error."""
+    present = list(dict.fromkeys(results.trials["category"]))
+    missing = [c for c in categories or [] if c not in present]
+    if missing:
+        raise ResultsError(f"category {missing[0]} is not in the results (they have {', '.join(sorted(present))})")
+    found = []
+    for category in categories or present:
+        part = results.category(category)
+        chosen = objective(part.trials, part.epochs) if at == "auto" else at
+        chosen = chosen if chosen == "final" else int(chosen)
+        try:
+            found.append(CategoryImportance(category, chosen, importances(part.trials, part.epochs, at=chosen)))
+        except ResultsError as exc:
+            found.append(CategoryImportance(category, chosen, None, str(exc)))
+    return found
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.overview import status_counts  # noqa: E402
 from analysis.selection import full_budget, is_baseline, pareto_front, sweep_rows  # noqa: E402
 
 STATUS_COLORS = {"completed": "tab:green", "stopped": "tab:blue", "diverged": "tab:orange", "error": "tab:red"}
@@ -53,8 +54,7 @@ def history(trials: pd.DataFrame):
 
 def statuses(trials: pd.DataFrame):
     """Trials per status and category (stacked bars)."""
-    sweep = sweep_rows(trials)
-    counts = sweep.groupby(["category", "status"]).size().unstack(fill_value=0)
+    counts = status_counts(trials)
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(counts), 3))
     bottom = np.zeros(len(counts))
     for status, color in STATUS_COLORS.items():

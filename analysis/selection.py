@@ -34,8 +34,8 @@ from ssnf.results import CONFIG_PREFIX, Results, ResultsError, full_budget, pare
 TESTS = ("test_image_auroc", "test_pixel_auroc", "test_aupro")
 COSTS = ("cost_infer_ms_b1", "cost_infer_ms_b32", "cost_gflops", "cost_params")  # carried into the selection
 BUDGET_COSTS = {"max_ms": "cost_infer_ms_b1", "max_gflops": "cost_gflops"}  # select's bound -> the cost it bounds
-__all__ = ["Selection", "candidates", "confirmation_rows", "deployable", "full_budget", "pareto_front", "ranked",
-           "select", "summary", "sweep_rows", "within_budget", "write_selection"]
+__all__ = ["Selection", "candidates", "confirmation_rows", "deployable", "full_budget", "optimism", "pareto_front",
+           "ranked", "select", "summary", "sweep_rows", "within_budget", "write_selection"]
 
 
 def within_budget(rows: pd.DataFrame, budget: dict[str, float]) -> pd.Series:
@@ -310,6 +310,13 @@ def write_selection(selection: Selection, out: str | Path) -> list[Path]:
             frame.to_parquet(tmp, index=False)
         written.append(out / name)
     return written
+
+
+def optimism(table: pd.DataFrame) -> pd.DataFrame:
+    """How far each candidate's sweep score sat above its new seeds' mean (``optimism``; NaN where it was
+    not confirmed): a candidate far above won the sweep on a lucky seed (the winner's curse)."""
+    out = table.assign(optimism=table["sweep_val_score"] - table["val_mean"])
+    return out[["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism", "chosen"]]
 
 
 def summary(selection: Selection) -> str:

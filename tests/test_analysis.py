@@ -186,7 +186,72 @@ def test_honest_spearman_and_the_gap(store, tmp_path):
         spearmanr(every["final_val_score"], every["test_image_auroc"])[0])
 
 
+def test_overview_counts_statuses_and_sums_time_over_sweep_trials_only():
+    from analysis.overview import status_counts, time_spent
+
+    trials = pd.DataFrame({
+        "category": ["a", "a", "a", "b", "a"], "status": ["completed", "stopped", "completed", "error", "completed"],
+        "confirms": [None, None, None, None, "a0"],  # the last row is a confirmation run: not a sweep trial
+        "epochs_run": [4, 1, 4, 0, 4], "wall_s": [10.0, 2.0, 12.04, 1.0, 50.0], "train_s": [8.0, 1.5, 9.0, 0.0, 40.0],
+        "setup_s": [1.0, 0.25, 1.0, 1.0, 5.0], "test_s": [0.5, 0.0, 0.5, 0.0, 1.0],
+        "ray_overhead_s": [0.5, 0.25, 1.54, 0.0, 4.0]})
+    counts = status_counts(trials)
+    assert counts.loc["a"].to_dict() == {"completed": 2, "error": 0, "stopped": 1}
+    assert counts.loc["b"].to_dict() == {"completed": 0, "error": 1, "stopped": 0}
+    spent = time_spent(trials)
+    assert spent.loc["a", "wall_s"] == pytest.approx(24.0) and spent.loc["a", "train_s"] == pytest.approx(18.5)
+    assert spent.loc["a", "ray_overhead_s"] == pytest.approx(2.3)  # 2.29, to 0.1 s
+    assert spent.loc["a"][["trials", "epochs_mean", "epochs_max"]].tolist() == [3, 3.0, 4]
+    assert spent.loc["b"][["trials", "epochs_max"]].tolist() == [1, 0]
+
+
+def test_optimism_is_the_sweep_score_above_the_seeds_mean():
+    from analysis.selection import optimism
+
+    table = pd.DataFrame({"category": ["a", "a", "b"], "rank": [1, 2, 1], "trial_id": ["a1", "a2", "b1"],
+                          "sweep_val_score": [0.95, 0.90, 0.80], "val_mean": [0.85, 0.89, float("nan")],
+                          "val_std": [0.01, 0.02, float("nan")], "chosen": [False, True, True], "reason": ["", "", ""]})
+    got = optimism(table)
+    assert list(got.columns) == ["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism",
+                                 "chosen"]
+    assert got["optimism"].iloc[:2].tolist() == pytest.approx([0.10, 0.01]) and got["optimism"].isna().iloc[2]
+
+
+def test_importance_by_category_says_why_a_category_has_no_table(store):
+    from analysis.importance import by_category
+    from ssnf.results import Results
+
+    results = read_results([store / "sweep"])
+    found = by_category(results)
+    assert [f.category for f in found] == list(dict.fromkeys(results.trials["category"]))
+    for f in found:
+        part = results.category(f.category)
+        assert f.at == objective(part.trials, part.epochs) and f.table is not None and not f.note
+    washer = by_category(results, ["washer"], at="final")[0]
+    assert washer.objective == "final val_score of full-budget trials" and washer.table.iloc[0]["param"] == "train.lr"
+    assert by_category(results, ["washer"], at="1")[0].objective == "val_score at epoch 1"
+    # two full-budget trials of washer left: washer has no table and says why; weave still has one
+    t = results.trials
+    drop = t[(t["category"] == "washer") & (t["status"] == "completed")].index[2:]
+    fewer = by_category(Results(t.drop(drop), results.epochs, results.sources), at="final")
+    by_name = {f.category: f for f in fewer}
+    assert by_name["washer"].table is None and "importance needs 4" in by_name["washer"].note
+    assert by_name["weave"].table is not None
+    with pytest.raises(ResultsError, match="category bolts is not in the results"):
+        by_category(results, ["washer", "bolts"])
+
+
+def _outputs(written: Path) -> list[dict]:
+    import nbformat
+
+    return [o for c in nbformat.read(written, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+
+
 def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
+    """Every notebook, executed as a user's CI would (nbclient, a fresh kernel each), on a sweep and its
+    confirmation: each writes its PNGs and embeds its figures in the executed notebook."""
+    import nbformat
+
     confirm = write_confirmation(tmp_path, store / "sweep", {"wa0000": [0.9, 0.91]})
     params = {"RESULTS": [str(store / "sweep"), str(confirm)], "OUT": str(tmp_path / "out"),
               "REFERENCES": str(REPO / "analysis" / "references.csv")}
@@ -195,10 +260,46 @@ def test_every_notebook_runs_on_a_sweep_and_writes_its_plots(store, tmp_path):
     for path in notebooks():
         run = run_notebook(path, params, tmp_path / "out")
         assert run.written.is_file() and run.cells >= 2
+        outputs = _outputs(run.written)
+        assert not [o for o in outputs if o.output_type == "error"]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.stem}: no figure in the notebook"
+        cells = nbformat.read(run.written, as_version=4).cells
+        tags = [c.metadata.get("tags", []) for c in cells]
+        injected = tags.index(["injected-parameters"])
+        assert "parameters" in tags[injected - 1] and repr(params["RESULTS"]) in cells[injected].source
     pngs = {p.stem for p in (tmp_path / "out").glob("*.png")}
     assert {"overview_statuses", "overview_history", "overview_rungs", "selection_confirmation", "importance_washer",
             "parallel_washer", "learning_curves", "honest_val_vs_test", "comparison", "cost_pareto"} <= pngs
     assert (tmp_path / "out" / "best" / "washer.yaml").is_file()
+
+
+def test_a_notebook_runs_in_a_kernel_of_this_interpreter_and_keeps_every_output(tmp_path, monkeypatch):
+    """The kernel is ipykernel in this interpreter, whatever kernelspecs exist (here a broken ``python3`` one
+    first on JUPYTER_PATH, and none installed by hand), in the caller's folder and environment; parameters go
+    in after the ``parameters`` cell; stdout, stderr, warnings and the figure stay in the executed notebook."""
+    shadow = tmp_path / "jupyter" / "kernels" / "python3"
+    shadow.mkdir(parents=True)
+    (shadow / "kernel.json").write_text(json.dumps({"argv": ["/nowhere/python", "-m", "ipykernel_launcher", "-f",
+                                                             "{connection_file}"], "display_name": "broken",
+                                                    "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("SSNF_PROBE", "passed through")
+    monkeypatch.chdir(tmp_path)
+    probe = tmp_path / "01_probe.py"
+    probe.write_text(
+        '# %% tags=["parameters"]\nX = 1\nOUT = "nowhere"\n\n'
+        "# %%\nimport os, sys, warnings\nimport matplotlib.pyplot as plt\nfrom analysis import plots\n"
+        "print(sys.executable, X, os.getcwd(), os.environ['SSNF_PROBE'])\n"
+        "print('to stderr', file=sys.stderr)\nwarnings.warn('careful')\n"
+        "fig, ax = plt.subplots()\nax.plot([0, 1])\nprint(plots.save(fig, OUT, 'probe'))\n")
+    run = run_notebook(probe, {"X": 5, "OUT": "figs"}, "out")
+    assert run.cells == 2 and run.written == Path("out") / "01_probe.ipynb"
+    assert run.outputs[1].split("\n")[0] == f"{sys.executable} 5 {tmp_path} passed through"
+    outputs = _outputs(tmp_path / "out" / "01_probe.ipynb")
+    stderr = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "to stderr" in stderr and "UserWarning: careful" in stderr
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    assert (tmp_path / "figs" / "probe.png").is_file(), "the figure is also a PNG, where OUT says"
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
@@ -207,11 +308,17 @@ def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path):
     with pytest.raises(NotebookError, match=r"01_bad.py: cell 2 failed: ValueError: boom"):
         run_notebook(bad, {}, tmp_path / "out")
     assert (tmp_path / "out" / "01_bad.ipynb").is_file()
+    assert [o for o in _outputs(tmp_path / "out" / "01_bad.ipynb") if o.output_type == "error"][0].ename == "ValueError"
+    slow = tmp_path / "02_slow.py"
+    slow.write_text("# %% [markdown]\n# slow\n\n# %%\nimport time\ntime.sleep(60)\n")
+    with pytest.raises(NotebookError, match=r"02_slow.py: cell 2 ran longer than the timeout \(1 s per cell\)"):
+        run_notebook(slow, {}, tmp_path / "out", timeout=1)
 
 
 def test_cli_needs_neither_ray_nor_torch_and_fails_in_one_line(store, tmp_path):
     probe = ("import sys; results, out = sys.argv[1:3]\n"
-             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook, analysis.plots\n"
+             "import analysis, analysis.compare, analysis.honest, analysis.importance, analysis.notebook\n"
+             "import analysis.overview, analysis.plots\n"
              "from analysis.__main__ import main\n"
              "code = main(['select', results, '--out', out]) or main(['importance', results]) or main(['honest', results])\n"
              "bad = [m for m in ('ray', 'torch', 'timm') if m in sys.modules]; assert not bad, bad; sys.exit(code)")

@@ -21,13 +21,14 @@ REFERENCES = "analysis/references.csv"
 
 # %%
 from analysis import plots
+from analysis.overview import status_counts, time_spent
 from analysis.selection import sweep_rows
 from ssnf.results import read_results
 
 results = read_results(RESULTS)
-sweep = sweep_rows(results.trials)
+sweep = sweep_rows(results.trials)  # the search trials, not confirmation runs
 print(f"{len(sweep)} sweep trials from {len(results.sources)} experiment(s): {', '.join(results.sources)}")
-print(sweep.groupby(["category", "status"]).size().unstack(fill_value=0).to_string())
+print(status_counts(results.trials).to_string())
 
 # %%
 print(plots.save(plots.statuses(results.trials), OUT, "overview_statuses"))
@@ -35,9 +36,8 @@ print(plots.save(plots.history(results.trials), OUT, "overview_history"))
 print(plots.save(plots.rungs(results.trials), OUT, "overview_rungs"))
 
 # %% [markdown]
-# Where the time went, per category: training + validation, setup, the one test pass, and Ray's share.
+# Where the time went, per category: training + validation, setup, the one test pass, and Ray's share (seconds,
+# summed over the sweep trials), and how many epochs the trials ran.
 
 # %%
-time_cols = ["wall_s", "train_s", "setup_s", "test_s", "ray_overhead_s"]
-print(sweep.groupby("category")[time_cols].sum().round(1).to_string())
-print(sweep.groupby("category")["epochs_run"].describe()[["count", "mean", "max"]].to_string())
+print(time_spent(results.trials).to_string())

@@ -25,7 +25,7 @@ K = 3
 from pathlib import Path
 
 from analysis import plots
-from analysis.selection import select, summary, write_selection
+from analysis.selection import optimism, select, summary, write_selection
 from ssnf.results import read_results
 
 results = read_results(RESULTS)
@@ -42,6 +42,4 @@ print(plots.save(plots.confirmation(selection.table), OUT, "selection_confirmati
 # mean won the sweep on a lucky seed.
 
 # %%
-t = selection.table
-t = t.assign(optimism=t["sweep_val_score"] - t["val_mean"])
-print(t[["category", "rank", "trial_id", "sweep_val_score", "val_mean", "val_std", "optimism", "chosen"]].to_string())
+print(optimism(selection.table).to_string())

@@ -21,26 +21,22 @@ REFERENCES = "analysis/references.csv"
 
 # %%
 from analysis import plots
-from analysis.importance import importances, markdown, objective
-from ssnf.results import ResultsError, read_results
+from analysis.importance import by_category, markdown
+from ssnf.results import read_results
 
 results = read_results(RESULTS)
-categories = list(dict.fromkeys(results.trials["category"]))
+found = by_category(results)  # each category at its objective (see `analysis.importance.objective`)
 
 # %%
-for category in categories:
-    part = results.category(category)
-    at = objective(part.trials, part.epochs)
-    print(f"{category}: objective = {'final val_score' if at == 'final' else f'val_score at epoch {at}'}")
-    try:
-        table = importances(part.trials, part.epochs, at=at)
-    except ResultsError as exc:  # too few trials for this category: said, not hidden
-        print(f"  {exc}")
+for each in found:
+    print(f"{each.category}: objective = {each.objective}")
+    if each.table is None:  # too few trials for this category: said, not hidden
+        print(f"  {each.note}")
         continue
-    print(markdown(table))
-    print(plots.save(plots.importance(table), OUT, f"importance_{category}"))
+    print(markdown(each.table))
+    print(plots.save(plots.importance(each.table), OUT, f"importance_{each.category}"))
 
 # %%
-for category in categories:
-    print(plots.save(plots.parallel(results.trials, category), OUT, f"parallel_{category}"))
+for each in found:
+    print(plots.save(plots.parallel(results.trials, each.category), OUT, f"parallel_{each.category}"))
 print(plots.save(plots.learning_curves(results.trials, results.epochs), OUT, "learning_curves"))
