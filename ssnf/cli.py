@@ -284,22 +284,22 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     detector = Detector.load(path)
-    detector.require_model("calibrate")
+    model = detector.eager("calibrate").model
     cfg = detector.cfg
     data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root)
     splits = make_splits(load_index(data), data)
     if len(splits.val) < 2:
         raise SSNFError(f"{len(splits.val)} validation images for {data.category}: thresholds need at least 2 "
                         "validation normals")
-    validation = build_validation(detector.model.extractor, load_images(splits.val, data.image_size), data.seed,
+    validation = build_validation(model.extractor, load_images(splits.val, data.image_size), data.seed,
                                   detector.device, data.reference)
     base = cfg.threshold
     wanted = ThresholdConfig(fpr=args.fpr or base.fpr, pixel_fpr=args.pixel_fpr or base.pixel_fpr,
                              method=args.threshold_method or base.method)
     wanted.validate()
     detector.calibrate(validation, wanted)
-    set_thresholds(path, detector.model.thresholds, wanted)
-    for threshold in detector.model.thresholds.values():
+    set_thresholds(path, detector.thresholds, wanted)
+    for threshold in detector.thresholds.values():
         print(threshold.describe())
     print(f"wrote the thresholds into {path}")
     return 0

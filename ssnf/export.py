@@ -28,7 +28,8 @@ import torch
 
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
-from ssnf.inference import METADATA_KEY, Detector, InferencePath
+from ssnf.backends import EXPORT_PRECISION, METADATA_KEY, InferencePath
+from ssnf.inference import Detector
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -38,7 +39,7 @@ MAX_SIDE = 16384  # the largest image side an ONNX file accepts (a bound torch.e
 
 def float32_path(detector: Detector) -> InferencePath:
     """A float32 copy of ``detector``'s inference path (the model in eval mode, autocast off)."""
-    model = copy.deepcopy(detector.model).cpu().eval().set_precision("fp32")
+    model = copy.deepcopy(detector.eager("export").model).cpu().eval().set_precision(EXPORT_PRECISION)
     return InferencePath(model, detector.scoring, detector.size).eval()
 
 
@@ -58,7 +59,7 @@ def example_images(size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
 
 def export(detector: Detector, path: Path, fmt: str, verify: bool = True) -> Path:
     """Write ``detector``'s inference path to ``path`` in ``fmt``; check it against PyTorch (``verify``)."""
-    detector.require_model("export")
+    detector.eager("export")  # a file ssnf exported is exported again from its checkpoint
     if fmt not in FORMATS:
         raise SSNFError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(path)

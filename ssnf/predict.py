@@ -279,7 +279,7 @@ def write_table(run: PredictRun, detector: Detector, planned: int) -> None:
     with atomic_path(run.out / f"{TABLE}.csv") as tmp:
         table.to_csv(tmp, index=False)
     threshold = detector.threshold
-    summary = {"model": str(detector.source), "backend": detector.backend, "device": str(detector.device),
+    summary = {"model": str(detector.source), "backend": detector.backend.name, "device": str(detector.device),
                "batch_size": detector.batch_size, "category": detector.cfg.data.category,
                "image_size": detector.size, "threshold": None if threshold is None else {
                    "image": threshold.image, "pixel": threshold.pixel, "fpr": threshold.fpr,

@@ -290,7 +290,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             t = time.perf_counter()
             report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device, cfg.threshold))
             if thresholds and epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from validation normals
-                threshold = Detector(model, cfg, device).calibrate(data.validation)
+                threshold = Detector.from_model(model, cfg, device).calibrate(data.validation)
                 report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
             report["val_s"] = time.perf_counter() - t
         history.append(report)
