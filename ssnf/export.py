@@ -22,16 +22,18 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
+from ssnf.backends import EXPORT_PRECISION, METADATA_KEY, InferencePath
+from ssnf.config import ExportFormat
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
-from ssnf.backends import EXPORT_PRECISION, METADATA_KEY, InferencePath
 from ssnf.inference import Detector
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = get_args(ExportFormat)
 OPSET = 18
 ATOL, RTOL = 1e-3, 1e-3  # float32 parity of an exported file with the PyTorch path (maps and scores)
 MAX_SIDE = 16384  # the largest image side an ONNX file accepts (a bound torch.export needs)

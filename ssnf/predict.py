@@ -23,20 +23,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
 import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from ssnf.config import MapFormat
 from ssnf.data.io import IMAGE_EXTENSIONS, open_image
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 from ssnf.evaluate import overlay
 from ssnf.inference import Detector
 
-MAP_FORMATS = ("png16", "npy", "none")
+MAP_FORMATS = get_args(MapFormat)
 FAST_PNG = 1  # zlib level of the per-image PNGs: a line writes thousands; level 6 (PIL's default) costs more time than the model
 TABLE = "predictions"
 COLUMNS = ("path", "status", "error", "score", "verdict", "threshold", "fpr", "anomalous_fraction", "height", "width",

@@ -60,6 +60,8 @@ class ResultsError(SSNFError):
 def _arrow_type(tp: Any) -> pa.DataType:
     if typing.get_origin(tp) is tuple:
         return pa.list_(_arrow_type(typing.get_args(tp)[0]))
+    if typing.get_origin(tp) is typing.Literal:  # a choice: the type of its values
+        return _arrow_type(type(typing.get_args(tp)[0]))
     return {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}[tp]
 
 
