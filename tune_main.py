@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         from search_spaces import SPACES
-        from ssnf.cli import load_config
         from ssnf.config import to_dict
+        from ssnf.configfile import load_config
         from ssnf.tune.search import parse_objectives
         from ssnf.tune.sweep import SweepOptions, best_table, experiment_uri, front_table, run_sweep
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def load(spec: str):
-    from ssnf.cli import load_config
     from ssnf.config import SSNFConfig
+    from ssnf.configfile import load_config
 
     return SSNFConfig() if spec == "default" else load_config(spec, [])
 

@@ -206,9 +206,9 @@ def thresholds(checkpoint: Path, data_root: Path | None, tmp: Path) -> dict:
                   f"{at['fpr']:.3f} ({k}/{len(normal_test)}, 95 % CI {lo:.3f}-{hi:.3f}), FNR {at['fnr']:.3f}; "
                   f"pixels FPR {pixel['fpr']:.4f}, FNR {pixel['fnr']:.3f}")
     result["half_splits"] = half_splits(base)
-    if "fp32" in detector.model.thresholds and base.precision != "fp32":
+    if "fp32" in detector.thresholds and base.precision != "fp32":
         print("  the same on the float32 scores (what exported files threshold):")
-        result["half_splits_fp32"] = half_splits(detector.model.thresholds["fp32"])
+        result["half_splits_fp32"] = half_splits(detector.thresholds["fp32"])
     onnx = tmp / f"{data.category}.onnx"
     export(detector, onnx, "onnx")
     exported = Detector.load(onnx).predict([s.image for s in splits.test])

@@ -34,8 +34,8 @@ import numpy
 import torch
 
 from ssnf.checkpoint import load_checkpoint
-from ssnf.cli import load_config
 from ssnf.config import ScoringConfig, SSNFConfig, to_dict, with_overrides
+from ssnf.configfile import load_config
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
 from ssnf.evaluate import evaluate

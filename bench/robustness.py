@@ -115,7 +115,7 @@ def evaluate_checkpoint(path, data_root: str = "", validation=None, scoring: dic
     val = build_validation(model.extractor, load_images(splits.val, size), cfg.data.seed, "cpu", cfg.data.reference,
                            cfg.data.nuisance, ranges)
     report = validate(model, val, cfg.scoring, size, "cpu", cfg.threshold)
-    detector = Detector(model, cfg)
+    detector = Detector.from_model(model, cfg)
     detector.calibrate(val)
     row = robustness_row(detector, decode_split(splits.test, size))
     row.update({k: report.get(k) for k in ("val_score", "val_score_clean", "val_nuisance_fpr")})

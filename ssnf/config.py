@@ -1,27 +1,60 @@
 """The typed configuration tree: one source of truth for every knob.
 
-Each section is a dataclass. ``to_dict``/``from_dict`` convert a section (or a tree of them) to plain
-Python values and back with type checks, and ``flatten``/``unflatten`` turn a tree into dotted keys
-(``data.image_size``) and back, which is the spelling of Parquet columns and ``--set key=value``.
-The library never reads YAML itself; the CLI does, and hands the result to ``from_dict``.
+Each section is a dataclass. ``to_dict``/``from_dict`` (``ssnf.configtree``, imported from here) convert a
+section (or a tree of them) to plain Python values and back with type checks, and ``flatten``/``unflatten`` turn
+a tree into dotted keys (``data.image_size``) and back, the spelling of Parquet columns and ``--set key=value``.
+The library never reads YAML implicitly: ``ssnf.configfile.load_config`` is the function its callers (the CLI,
+``tune_main.py``, the benchmarks) call, and it hands the result to ``from_dict``.
+
+A choice is spelled once, as a ``Literal`` type here (``Layout``, ``LossForm``, ``MapKind``, ...): a field's
+type is what ``from_dict`` and ``validate`` check (``check_choices``), and ``typing.get_args`` of it gives the
+CLI's ``choices`` and the tuples the rest of the library reads (``MAP_KINDS``, ``THRESHOLD_METHODS``, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Literal, get_args
 
+# the tree's conversions live in ssnf/configtree.py; importable from here, where every caller imports them
+from ssnf.configtree import check_choices, flatten, from_dict, merge, to_dict, unflatten, with_overrides  # noqa: F401
 from ssnf.errors import ConfigError
 
-T = TypeVar("T")
+# the choices of the config tree (and of the commands that share them), each spelled once
+Layout = Literal["auto", "mvtec", "btad", "dagm", "folder"]  # ssnf/data/layouts.py: a reader per name but auto
+Reference = Literal["standard", "graded"]  # the validation recipes of ssnf/synthesis/reference.py
+Nuisance = Literal["none", "photometric", "full"]  # the validation nuisance recipes of ssnf/synthesis/nuisance.py
+Augment = Literal["none", "photometric", "geometric", "full"]  # training augmentation (ssnf/synthesis/nuisance.py)
+Norm = Literal["none", "fixed", "actnorm"]  # ssnf/model/flow.py
+LossForm = Literal["constrained", "hinge", "mask"]
+LossGate = Literal["none", "novel"]
+LossSchedule = Literal["constant", "linear"]
+LossAnchor = Literal["none", "unchanged"]
+FlowKind = Literal["density", "fastflow", "z2", "nll"]  # maps of the flows' outputs
+# maps of the memory bank (``bank.enabled``): knn = the distance of each patch to its nearest training patch;
+# fusedNN = NN % of the flows' nll map + the rest of the knn map, each standardised on validation normals
+FusedKind = Literal["fused25", "fused50", "fused75"]
+BankKind = Literal["knn", FusedKind]
+MapKind = Literal[FlowKind, BankKind]
+ImageScore = Literal["max", "topk"]
+ThresholdMethod = Literal["auto", "empirical", "gumbel", "normal", "f1"]
+Device = Literal["auto", "cpu", "cuda"]  # train.device, ssnf predict --device
+Precision = Literal["fp32", "bf16"]
+Blend = Literal["poisson", "feather", "paste"]
+Foreground = Literal["auto", "bright", "dark", "object"]
+ExportFormat = Literal["onnx", "torchscript"]  # ssnf export --format (ssnf/export.py)
+MapFormat = Literal["png16", "npy", "none"]  # ssnf predict --maps (ssnf/predict.py)
 
-LAYOUTS = ("auto", "mvtec", "btad", "dagm", "folder")
-PRECISIONS = ("fp32", "bf16")
-REFERENCES = ("standard", "graded")  # the validation recipes of ssnf/synthesis/reference.py (reference_anomaly)
-NUISANCES = ("none", "photometric", "full")  # the validation nuisance recipes of ssnf/synthesis/nuisance.py
-AUGMENTS = ("none", "photometric", "geometric", "full")  # training augmentation families (ssnf/synthesis/nuisance.py)
+AUTO = "auto"
+PRECISIONS = get_args(Precision)
+NORMS = get_args(Norm)
+FLOW_KINDS = get_args(FlowKind)
+FUSED_WEIGHTS = {kind: int(kind.removeprefix("fused")) / 100 for kind in get_args(FusedKind)}  # the flow's share
+BANK_KINDS = get_args(BankKind)
+MAP_KINDS = get_args(MapKind)
+IMAGE_SCORES = get_args(ImageScore)
+THRESHOLD_METHODS = get_args(ThresholdMethod)
 
 
 @dataclass
@@ -30,7 +63,7 @@ class DataConfig:
 
     root: str = "demo_data"
     category: str = "weave"
-    layout: str = "auto"  # auto | mvtec | btad | dagm | folder
+    layout: Layout = "auto"
     image_size: int = 256  # square side in pixels the images and masks are resized to
     val_fraction: float = 0.1  # share of normal training images held out as validation normals
     few_shot: int = 0  # keep this many normal training images (0: all)
@@ -39,12 +72,12 @@ class DataConfig:
     # graded (default): subtle / moderate / clear defects whose contrast is drawn in units of each image's noise
     # level and whose size shrinks with the grade: harder, so that validation still ranks configs where standard
     # saturates (docs/benchmarks.md: issue 20, and "Robustness" for the default)
-    reference: str = "graded"
+    reference: Reference = "graded"
     # held-out normals under nuisance transforms that a good part never stops being (ssnf/synthesis/nuisance.py),
     # scored as normals beside the clean ones: a config that flags a change of lighting or a small shift scores
     # lower. none | photometric (brightness, contrast, gamma, colour temperature, blur, noise) | full (default:
     # photometric + a small translation / rotation / scale); magnitudes measured from the training images' spread
-    nuisance: str = "full"
+    nuisance: Nuisance = "full"
     # "folder" layout only: folders under <root>/<category> (absolute paths also work).
     normal_dir: str = "good"
     abnormal_dir: str = "defect"
@@ -53,12 +86,7 @@ class DataConfig:
     normal_test_fraction: float = 0.2
 
     def validate(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"data.layout={self.layout!r} is not one of {', '.join(LAYOUTS)}")
-        if self.reference not in REFERENCES:
-            raise ConfigError(f"data.reference={self.reference!r} is not one of {', '.join(REFERENCES)}")
-        if self.nuisance not in NUISANCES:
-            raise ConfigError(f"data.nuisance={self.nuisance!r} is not one of {', '.join(NUISANCES)}")
+        check_choices(self, "data")
         if self.image_size < 32:
             raise ConfigError(f"data.image_size={self.image_size} is too small (32 pixels at least)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -102,11 +130,12 @@ class ModelConfig:
     scale_hidden: tuple[int, ...] = ()
     clamp: float = 2.0  # affine clamp of the couplings
     permute_soft: bool = False  # random rotations instead of hard channel permutations
-    norm: str = "fixed"  # none | fixed | actnorm: the per-channel affine in front of each flow
+    norm: Norm = "fixed"  # the per-channel affine in front of each flow
     position: bool = False  # condition every coupling on a 2-D positional encoding (CFlow-AD style)
     pos_channels: int = 32  # channels of that encoding
 
     def validate(self) -> None:
+        check_choices(self, "model")
         if self.hidden < 4 or self.couplings < 1:
             raise ConfigError(f"model.hidden={self.hidden} and model.couplings={self.couplings} must be positive")
         if self.hidden % self.heads:
@@ -119,18 +148,10 @@ class ModelConfig:
                               f"multiple of model.heads={self.heads}")
         if self.clamp <= 0:
             raise ConfigError(f"model.clamp={self.clamp} must be positive")
-        if self.norm not in ("none", "fixed", "actnorm"):
-            raise ConfigError(f"model.norm={self.norm!r} is not one of none, fixed, actnorm")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ConfigError(f"model.attn_dropout={self.attn_dropout} must lie in [0, 1)")
         if self.position and (self.pos_channels < 4 or self.pos_channels % 4):
             raise ConfigError(f"model.pos_channels={self.pos_channels} must be a positive multiple of 4")
-
-
-LOSS_FORMS = ("constrained", "hinge", "mask")
-LOSS_GATES = ("none", "novel")
-LOSS_SCHEDULES = ("constant", "linear")
-LOSS_ANCHORS = ("none", "unchanged")
 
 
 @dataclass
@@ -145,52 +166,35 @@ class LossConfig:
     """
 
     weight: float = 0.2  # w: the synthetic term's weight
-    form: str = "mask"  # constrained (the paper's image-level rule) | hinge | mask (per position)
+    form: LossForm = "mask"  # constrained (the paper's image-level rule) | hinge | mask (per position)
     margin: float = 1.0  # hinge / mask: nats per dimension to push past the normal reference
     cap: float = 1.0  # constrained: images above this NLL per dimension never count (0: no cap, unstable)
     # mask: which covered positions are pushed. none: all of them. novel: only those whose backbone feature is
     # farther from every normal feature of the batch than `gate_quantile` of normal features are from the
     # other normal images (pasted content that looks like normal texture is left alone).
-    gate: str = "novel"
+    gate: LossGate = "novel"
     gate_quantile: float = 0.9
     # how w moves over training. constant: w all along. linear: from w at the first step down to 0 at the last
     # (the push shapes the flow early; the last steps are close to plain NLL).
-    schedule: str = "constant"
+    schedule: LossSchedule = "constant"
     # what the push may do to the rest of a synthetic image. none: nothing holds it. unchanged: the positions
     # whose backbone features the synthesis left unchanged (relative change below `anchor_tol`) are held at
     # the NLL of the same position of the original image (a hinge on any rise, with weight w): the flow may
     # not flag a whole image because part of it was pasted over. Chosen on validation: ahead of w = 0 on both
     # categories, ahead of `none` on tire and level with it on magnetic_tile (docs/benchmarks.md).
-    anchor: str = "unchanged"
+    anchor: LossAnchor = "unchanged"
     anchor_tol: float = 0.05
 
     def validate(self) -> None:
+        check_choices(self, "loss")
         if self.weight < 0:
             raise ConfigError(f"loss.weight={self.weight} must be 0 or positive")
-        if self.form not in LOSS_FORMS:
-            raise ConfigError(f"loss.form={self.form!r} is not one of {', '.join(LOSS_FORMS)}")
         if self.margin < 0 or self.cap < 0:
             raise ConfigError(f"loss.margin={self.margin} and loss.cap={self.cap} must not be negative")
-        if self.gate not in LOSS_GATES:
-            raise ConfigError(f"loss.gate={self.gate!r} is not one of {', '.join(LOSS_GATES)}")
         if not 0.0 < self.gate_quantile < 1.0:
             raise ConfigError(f"loss.gate_quantile={self.gate_quantile} must lie in (0, 1)")
-        if self.schedule not in LOSS_SCHEDULES:
-            raise ConfigError(f"loss.schedule={self.schedule!r} is not one of {', '.join(LOSS_SCHEDULES)}")
-        if self.anchor not in LOSS_ANCHORS:
-            raise ConfigError(f"loss.anchor={self.anchor!r} is not one of {', '.join(LOSS_ANCHORS)}")
         if not 0.0 < self.anchor_tol < 1.0:
             raise ConfigError(f"loss.anchor_tol={self.anchor_tol} must lie in (0, 1)")
-
-
-FLOW_KINDS = ("density", "fastflow", "z2", "nll")  # maps of the flows' outputs
-# maps of the memory bank (``bank.enabled``): knn = the distance of each patch to its nearest training patch;
-# fusedNN = NN % of the flows' nll map + the rest of the knn map, each standardised on validation normals
-FUSED_WEIGHTS = {"fused25": 0.25, "fused50": 0.5, "fused75": 0.75}
-BANK_KINDS = ("knn", *FUSED_WEIGHTS)
-MAP_KINDS = (*FLOW_KINDS, *BANK_KINDS)
-IMAGE_SCORES = ("max", "topk")
-AUTO = "auto"
 
 
 @dataclass
@@ -207,21 +211,15 @@ class ScoringConfig:
     # the pixel map: auto | density (the paper: -mean_c exp(-z^2/2)) | fastflow | z2 | nll; with a memory bank
     # (bank.enabled) also knn (PatchCore's nearest-neighbour distance) | fused25 | fused50 | fused75 (the nll and
     # knn maps standardised on validation normals and mixed with 25 / 50 / 75 % on the flow)
-    map: str = AUTO
-    image_map: str = AUTO  # the map the image score is taken from: auto | pixel (the same as map) | a map kind
-    image_score: str = AUTO  # auto | max | topk
+    map: Literal["auto", MapKind] = AUTO
+    image_map: Literal["auto", "pixel", MapKind] = AUTO  # the map the image score is taken from (pixel: map's)
+    image_score: Literal["auto", ImageScore] = AUTO
     smooth_sigma: float = 4.0  # Gaussian smoothing of the full-size map, in pixels (0: none)
     topk: float = 0.01  # topk: mean of this share of the highest pixels
     switch_confidence: float = 0.95  # auto map: share of bootstrap rounds a map must win over nll (0: argmax)
 
     def validate(self) -> None:
-        if self.map not in (AUTO, *MAP_KINDS):
-            raise ConfigError(f"scoring.map={self.map!r} is not one of {', '.join((AUTO, *MAP_KINDS))}")
-        if self.image_map not in (AUTO, "pixel", *MAP_KINDS):
-            raise ConfigError(
-                f"scoring.image_map={self.image_map!r} is not one of {', '.join((AUTO, 'pixel', *MAP_KINDS))}")
-        if self.image_score not in (AUTO, *IMAGE_SCORES):
-            raise ConfigError(f"scoring.image_score={self.image_score!r} is not one of auto, max, topk")
+        check_choices(self, "scoring")
         if not 0.0 < self.topk <= 1.0 or self.smooth_sigma < 0:
             raise ConfigError(f"scoring.topk={self.topk} must lie in (0, 1], smooth_sigma={self.smooth_sigma} >= 0")
         if not 0.0 <= self.switch_confidence <= 1.0:
@@ -231,9 +229,6 @@ class ScoringConfig:
     def resolved(self) -> bool:
         """True when nothing is left to choose on validation."""
         return AUTO not in (self.map, self.image_map, self.image_score)
-
-
-THRESHOLD_METHODS = ("auto", "empirical", "gumbel", "normal", "f1")
 
 
 @dataclass
@@ -248,15 +243,14 @@ class ThresholdConfig:
 
     fpr: float = 0.01
     pixel_fpr: float = 0.01
-    method: str = "auto"  # auto | empirical | gumbel | normal | f1
+    method: ThresholdMethod = "auto"
 
     def validate(self) -> None:
+        check_choices(self, "threshold")
         for key in ("fpr", "pixel_fpr"):
             value = getattr(self, key)
             if not 1e-6 <= value < 0.5:
                 raise ConfigError(f"threshold.{key}={value} must lie in [1e-6, 0.5)")
-        if self.method not in THRESHOLD_METHODS:
-            raise ConfigError(f"threshold.method={self.method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
 
 
 @dataclass
@@ -278,18 +272,19 @@ class TrainConfig:
     # families as validation's nuisance normals, drawn from training's own random stream on training images):
     # none | photometric | geometric | full. An augmented image's features are computed by the backbone at that
     # step (the cached features are those of the unaugmented images); the synthetic half is made from it too
-    augment: str = "none"
+    augment: Augment = "none"
     augment_p: float = 0.5  # share of a batch's normal images augmented (each image with this probability)
     augment_strength: float = 1.0  # the category's measured nuisance magnitudes are scaled by this
     threads: int = 0  # torch CPU threads (0: torch's default)
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     # fp32 | bf16: arithmetic of the backbone and the coupling subnets, in training, validation and inference
     # (bf16: autocast; the couplings' affine, log-determinants and the loss stay float32). bf16 by default:
     # 1.6x faster training on an AVX-512 BF16 CPU with validation held within 0.005 of fp32 on tire at two
     # seeds (docs/benchmarks.md); where the hardware has no bfloat16 arithmetic training warns: use fp32 there
-    precision: str = "bf16"
+    precision: Precision = "bf16"
 
     def validate(self) -> None:
+        check_choices(self, "train")
         if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
             raise ConfigError(
                 f"train.epochs={self.epochs}, batch_size={self.batch_size}, val_every={self.val_every} must be >= 1"
@@ -298,15 +293,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr} must be positive")
         if not 0.0 <= self.feature_noise < 10.0:
             raise ConfigError(f"train.feature_noise={self.feature_noise} must lie in [0, 10)")
-        if self.augment not in AUGMENTS:
-            raise ConfigError(f"train.augment={self.augment!r} is not one of {', '.join(AUGMENTS)}")
         if not 0.0 < self.augment_p <= 1.0 or not 0.0 < self.augment_strength <= 3.0:
             raise ConfigError(f"train.augment_p={self.augment_p} must lie in (0, 1] and train.augment_strength="
                               f"{self.augment_strength} in (0, 3]")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device={self.device!r} is not one of auto, cpu, cuda")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -327,14 +316,15 @@ class SynthesisConfig:
     object_aware: bool = False  # place patches only on the foreground (``foreground``)
     # auto | bright | dark: a side of an Otsu intensity threshold; object: what departs from the border's
     # background in colour or contrast (training: none for a whole category unless 90 % of its images have one)
-    foreground: str = "auto"
+    foreground: Foreground = "auto"
     min_object: float = 0.25  # share of a patch that must lie on the foreground
-    blend: str = "poisson"  # poisson (OpenCV seamlessClone) | feather | paste
+    blend: Blend = "poisson"  # poisson: OpenCV's seamlessClone
     feather_sigma: float = 0.15  # feathered edge width, as a fraction of the patch half-width
     label_tol: float = 1.0  # mean absolute change (0-255) for a pixel to count as anomalous
     pool_size: int = 0  # 0: synthesize every step; N: a fixed pool of N images, features cached once
 
     def validate(self) -> None:
+        check_choices(self, "synthesis")
         if self.max_patches < 1:
             raise ConfigError(f"synthesis.max_patches={self.max_patches} must be at least 1")
         if not 0.0 <= self.p_extra <= 1.0:
@@ -345,10 +335,6 @@ class SynthesisConfig:
             )
         if not 0.0 < self.resize_min <= 1.0 <= self.resize_max:
             raise ConfigError(f"synthesis.resize_min/max={self.resize_min}/{self.resize_max} must bracket 1")
-        if self.blend not in ("poisson", "feather", "paste"):
-            raise ConfigError(f"synthesis.blend={self.blend!r} is not one of poisson, feather, paste")
-        if self.foreground not in ("auto", "bright", "dark", "object"):
-            raise ConfigError(f"synthesis.foreground={self.foreground!r} is not one of auto, bright, dark, object")
         if self.pool_size < 0:
             raise ConfigError(f"synthesis.pool_size={self.pool_size} must be 0 (online) or a pool size")
 
@@ -415,103 +401,3 @@ class SSNFConfig:
             raise ConfigError(f"loss.anchor={self.loss.anchor!r} holds a synthetic image to its original, which a "
                               f"pool (synthesis.pool_size={self.synthesis.pool_size}) does not keep: "
                               "set loss.anchor=none to use a pool")
-
-
-def with_overrides(cfg: SSNFConfig, **sections: dict[str, Any]) -> SSNFConfig:
-    """``with_overrides(cfg, loss={"weight": 0})``: a copy with some fields of some sections replaced."""
-    return dataclasses.replace(
-        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
-    )
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass tree as nested plain values (tuples become lists)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out[f.name] = to_dict(value)
-        elif isinstance(value, tuple):
-            out[f.name] = list(value)
-        else:
-            out[f.name] = value
-    return out
-
-
-def from_dict(cls: type[T], data: dict[str, Any], _prefix: str = "") -> T:
-    """Build ``cls`` from nested plain values; unknown keys and wrong types are errors."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{_prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key {_prefix + unknown[0]!r}; known: {', '.join(sorted(names))}")
-    kwargs = {name: _coerce(hints[name], value, f"{_prefix}{name}") for name, value in data.items()}
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        (item_tp, *_rest) = typing.get_args(tp)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # a bug in a config class
-
-
-def merge(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``tree`` (nested or dotted) with dotted-key ``overrides`` applied (``{"loss.weight": 0}``)."""
-    return unflatten({**flatten(tree), **overrides})
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"data.image_size": 256, ...}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of ``flatten``."""
-    tree: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config key {dotted!r} nests under a value that is not a section")
-        node[leaf] = value
-    return tree

@@ -104,7 +104,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
             dims = sum(model.extractor.channels)
             bank = MemoryBank(torch.randn(bank_entries or cfg.bank.max_entries, dims), cfg.bank.neighbourhood)
         model.attach_bank(bank)
-    detector = Detector(model, cfg, device, batch_size=max(BATCHES))
+    detector = Detector.from_model(model, cfg, device, batch_size=max(BATCHES))
     size = cfg.data.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(BATCHES), size, size, 3), dtype=np.uint8)

@@ -49,7 +49,7 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     samples = list(decoded.samples if decoded is not None else samples)
     if not samples:
         raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
-    detector = Detector(model, cfg, device, batch_size)
+    detector = Detector.from_model(model, cfg, device, batch_size)
     size = cfg.data.image_size
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):

@@ -22,15 +22,18 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
+from ssnf.backends import EXPORT_PRECISION, METADATA_KEY, InferencePath
+from ssnf.config import ExportFormat
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
-from ssnf.inference import METADATA_KEY, Detector, InferencePath
+from ssnf.inference import Detector
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = get_args(ExportFormat)
 OPSET = 18
 ATOL, RTOL = 1e-3, 1e-3  # float32 parity of an exported file with the PyTorch path (maps and scores)
 MAX_SIDE = 16384  # the largest image side an ONNX file accepts (a bound torch.export needs)
@@ -38,7 +41,7 @@ MAX_SIDE = 16384  # the largest image side an ONNX file accepts (a bound torch.e
 
 def float32_path(detector: Detector) -> InferencePath:
     """A float32 copy of ``detector``'s inference path (the model in eval mode, autocast off)."""
-    model = copy.deepcopy(detector.model).cpu().eval().set_precision("fp32")
+    model = copy.deepcopy(detector.eager("export").model).cpu().eval().set_precision(EXPORT_PRECISION)
     return InferencePath(model, detector.scoring, detector.size).eval()
 
 
@@ -58,7 +61,7 @@ def example_images(size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
 
 def export(detector: Detector, path: Path, fmt: str, verify: bool = True) -> Path:
     """Write ``detector``'s inference path to ``path`` in ``fmt``; check it against PyTorch (``verify``)."""
-    detector.require_model("export")
+    detector.eager("export")  # a file ssnf exported is exported again from its checkpoint
     if fmt not in FORMATS:
         raise SSNFError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     path = Path(path)

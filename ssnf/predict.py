@@ -23,20 +23,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
 import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
+from ssnf.config import MapFormat
 from ssnf.data.io import IMAGE_EXTENSIONS, open_image
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 from ssnf.evaluate import overlay
 from ssnf.inference import Detector
 
-MAP_FORMATS = ("png16", "npy", "none")
+MAP_FORMATS = get_args(MapFormat)
 FAST_PNG = 1  # zlib level of the per-image PNGs: a line writes thousands; level 6 (PIL's default) costs more time than the model
 TABLE = "predictions"
 COLUMNS = ("path", "status", "error", "score", "verdict", "threshold", "fpr", "anomalous_fraction", "height", "width",
@@ -279,7 +280,7 @@ def write_table(run: PredictRun, detector: Detector, planned: int) -> None:
     with atomic_path(run.out / f"{TABLE}.csv") as tmp:
         table.to_csv(tmp, index=False)
     threshold = detector.threshold
-    summary = {"model": str(detector.source), "backend": detector.backend, "device": str(detector.device),
+    summary = {"model": str(detector.source), "backend": detector.backend.name, "device": str(detector.device),
                "batch_size": detector.batch_size, "category": detector.cfg.data.category,
                "image_size": detector.size, "threshold": None if threshold is None else {
                    "image": threshold.image, "pixel": threshold.pixel, "fpr": threshold.fpr,

@@ -60,6 +60,8 @@ class ResultsError(SSNFError):
 def _arrow_type(tp: Any) -> pa.DataType:
     if typing.get_origin(tp) is tuple:
         return pa.list_(_arrow_type(typing.get_args(tp)[0]))
+    if typing.get_origin(tp) is typing.Literal:  # a choice: the type of its values
+        return _arrow_type(type(typing.get_args(tp)[0]))
     return {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}[tp]
 
 
@@ -114,20 +116,35 @@ EPOCHS_SCHEMA = pa.schema(
 )
 
 
-def code_version() -> str:
-    """ssnf's version plus the git commit of the checkout, when there is one."""
-    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
-    commit = ""
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            ref_file = head.parent / ref[5:]
-            commit = ref_file.read_text().strip() if ref_file.is_file() else ""
-        else:
-            commit = ref
-    except OSError:
-        pass
+def code_version(root: Path | None = None) -> str:
+    """ssnf's version plus the git commit of the checkout at ``root`` (default: this package's), when there is one."""
+    commit = git_commit(root or Path(__file__).resolve().parents[1])
     return f"{__version__}+{commit[:10]}" if commit else __version__
+
+
+def git_commit(root: Path) -> str:
+    """The commit checked out at ``root`` ("" where there is none), read from the files git keeps, so that no git
+    is needed (a Ray worker's image): ``.git`` is a folder or, in a worktree, a file naming one (``commondir``
+    inside names the shared one); ``HEAD`` is a commit (detached) or a branch, whose commit is in a loose ref file
+    or a line of ``packed-refs`` (where ``git gc`` and ``git pack-refs`` move them)."""
+    try:
+        gitdir = root / ".git"
+        if gitdir.is_file():
+            gitdir = root / gitdir.read_text().strip().removeprefix("gitdir:").strip()
+        common = gitdir / "commondir"
+        common = gitdir / common.read_text().strip() if common.is_file() else gitdir
+        head = (gitdir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        for folder in (gitdir, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+        packed = common / "packed-refs"
+        lines = packed.read_text().splitlines() if packed.is_file() else []
+        return next((line.split(" ")[0] for line in lines if line.endswith(f" {ref}")), "")
+    except OSError:
+        return ""
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -356,4 +373,5 @@ def row_config(row: Any) -> dict:
 
 __all__ = ["CONFIG_PREFIX", "COST_COLUMNS", "EPOCHS_SCHEMA", "EPOCH_FIELDS", "Results", "ResultsError", "SCHEMA_VERSION",
            "SCORING_FIELDS", "STATUSES", "TEST_METRICS", "VAL_METRICS", "code_version", "filesystem", "full_budget",
-           "pareto_front", "ranked", "read_results", "row_config", "trial_rows", "trials_schema", "write_table", "write_trial"]
+           "git_commit", "pareto_front", "ranked", "read_results", "row_config", "trial_rows", "trials_schema",
+           "write_table", "write_trial"]

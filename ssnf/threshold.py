@@ -33,6 +33,7 @@ import numpy as np
 
 from ssnf.config import THRESHOLD_METHODS, ThresholdConfig
 from ssnf.errors import ConfigError
+from ssnf.metrics.roc import f1_max
 
 MIN_EXCEEDANCES = 10  # auto: the empirical quantile once this many normals lie beyond it
 EULER_GAMMA = 0.5772156649015329
@@ -104,18 +105,13 @@ def normal_quantile(scores: np.ndarray, q: float) -> float:
 
 
 def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
-    """The score that maximises F1 (anomalous when above it) between ``normal`` and ``anomalous`` scores."""
+    """The score that maximises F1 (anomalous when above it) between ``normal`` and ``anomalous`` scores: midway
+    between the score ``metrics.f1_max`` picks (anomalous from it on) and the next lower score."""
     scores = np.r_[normal, anomalous]
-    labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(1 - y)
-    f1 = 2 * tp / (tp + fp + len(anomalous))
-    last = np.r_[s[1:] != s[:-1], True]  # a threshold falls between distinct scores
-    best = int(np.argmax(np.where(last, f1, -1)))
-    below = s[best + 1] if best + 1 < len(s) else s[best] - 1.0
-    return float(0.5 * (s[best] + below))
+    labels = np.r_[np.zeros(len(normal), bool), np.ones(len(anomalous), bool)]
+    _, best = f1_max(labels, scores)
+    lower = scores[scores < best]
+    return float(0.5 * (best + (lower.max() if lower.size else best - 1.0)))
 
 
 def image_threshold(normal: np.ndarray, anomalous: np.ndarray, cfg: ThresholdConfig) -> tuple[float, str]:

@@ -214,7 +214,8 @@ def step_loss(model: SSNFModel, batch: Batch, loss: LossConfig, progress: float)
 
 def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback | None = None,
           resume: Path | None = None, progress: bool | None = None, data: PreparedData | None = None,
-          slim_checkpoints: bool = False, thresholds: bool = True, bank: MemoryBank | None = None) -> TrainResult:
+          slim_checkpoints: bool = False, thresholds: bool = True, bank: MemoryBank | None = None,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
     """Train a detector for ``cfg``; checkpoint to ``out_dir/checkpoint.pt`` after every epoch.
 
     ``data``: prepared data to use instead of reading and extracting (a sweep's shared copy); it must
@@ -223,6 +224,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     ``thresholds``: set the decision thresholds after the last epoch (a sweep's trials skip it: they are ranked,
     not deployed; ``make models`` trains the chosen configs again). ``bank``: the memory bank of ``data``'s
     training features under ``cfg.bank`` (a sweep's shared one; default: built here when ``bank.enabled``).
+    ``on_start``: called once every check has passed, before the first step (``ssnf train`` writes its
+    ``config.yaml`` there, so that a refused run leaves no file behind).
     """
     t_start = time.perf_counter()
     seed = cfg.train.seed
@@ -259,6 +262,8 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     batch_size = min(cfg.train.batch_size, n)
     steps = max(1, n // batch_size)  # drop the ragged last batch: the worst-normal constraint needs a full one
     timings = {**data.timings, "setup_s": time.perf_counter() - t_start}
+    if on_start is not None:
+        on_start()
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         t_epoch = time.perf_counter()
@@ -290,7 +295,7 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             t = time.perf_counter()
             report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device, cfg.threshold))
             if thresholds and epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from validation normals
-                threshold = Detector(model, cfg, device).calibrate(data.validation)
+                threshold = Detector.from_model(model, cfg, device).calibrate(data.validation)
                 report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
             report["val_s"] = time.perf_counter() - t
         history.append(report)

@@ -119,8 +119,8 @@ def test_provisional_then_confirmed_and_the_lucky_seed_loses(store, tmp_path):
 
 
 def test_selection_files_and_the_yaml_loads_back_as_the_row_config(store, tmp_path):
-    from ssnf.cli import load_config
     from ssnf.config import SSNFConfig, from_dict, to_dict
+    from ssnf.configfile import load_config
 
     selection = select(read_results([store / "sweep"]), k=2)
     written = write_selection(selection, tmp_path / "best")

@@ -43,8 +43,8 @@ def test_usage_errors_exit_2(capsys):
 def test_train_evaluate_and_config_round_trip(tmp_path):
     import yaml
 
-    from ssnf.cli import load_config
     from ssnf.config import to_dict
+    from ssnf.configfile import load_config
 
     root = tmp_path / "demo"
     assert main(["data", "demo", "--root", str(root), "--size", "64", "--n-train", "8", "--n-test-good", "2",
@@ -103,3 +103,19 @@ def test_train_refuses_bad_names_in_one_line_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2, (sets, err)
         assert message in err and err.count("\n") == 1, err
+
+
+def test_summary_reads_the_config_and_a_refused_train_leaves_no_config_behind(tmp_path):
+    root = tmp_path / "demo"
+    assert main(["data", "demo", "--root", str(root), "--size", "64", "--n-train", "6", "--n-test-good", "2",
+                 "--n-per-defect", "1", "--categories", "washer"]) == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  root: {root}\n  category: washer\n  val_fraction: 0.5\n")
+    proc = _run("data", "summary", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "splits (seed 0): train 3, validation 3, test 6" in proc.stdout
+    proc = _run("data", "summary", "--config", str(config), "--set", "data.seed=1", "--few-shot", "2")
+    assert proc.returncode == 0 and "splits (seed 1): train 2, validation 3" in proc.stdout, proc.stdout + proc.stderr
+    out = tmp_path / "refused"
+    code = main(["train", "--config", str(config), "--category", "bolt", "--out", str(out), "--quiet"])
+    assert code == 2 and not (out / "config.yaml").exists()

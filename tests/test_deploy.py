@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from ssnf.backends import file_kind
 from ssnf.checkpoint import load_checkpoint
 from ssnf.config import SSNFConfig, ThresholdConfig, to_dict, with_overrides
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.evaluate import evaluate
 from ssnf.export import check_parity, example_images, export
-from ssnf.inference import Detector, file_kind
+from ssnf.inference import Detector
 from ssnf.model.subnets import BLOCKS
 from ssnf.predict import read_map_png16
 from ssnf.threshold import (MIN_EXCEEDANCES, Threshold, f1_threshold, fit_threshold, gumbel_quantile,
@@ -175,7 +176,7 @@ def test_export_matches_pytorch_for_every_block_kind(blocks, fmt, model, tmp_pat
     worst = check_parity(detector, path, images=images, atol=1e-4, rtol=1e-4)  # maps and scores within 1e-4
     assert worst["scores"] < 1e-4 and worst["maps"] < 1e-4
     exported = Detector.load(path)
-    assert exported.backend == fmt and exported.threshold == detector.threshold and exported.cfg == detector.cfg
+    assert exported.backend.name == fmt and exported.threshold == detector.threshold and exported.cfg == detector.cfg
     a, b = exported.predict(images), detector.predict(images)
     np.testing.assert_array_equal(a.anomalous, b.anomalous)  # identical verdicts
     # any batch size and image size: the exported file resizes inside (antialiased bilinear, as torch does)
@@ -336,7 +337,7 @@ def test_predict_refuses_bad_models_and_empty_inputs_in_one_line(trained, tmp_pa
 
 
 def test_device_auto_falls_back_to_the_cpu_and_cuda_is_refused_where_absent(monkeypatch):
-    from ssnf.inference import pick_device
+    from ssnf.backends import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto", "checkpoint").type == "cpu" and pick_device("auto", "onnx").type == "cpu"

@@ -145,6 +145,59 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     assert target.read_text() == "one" and sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
 
 
+def test_atomic_path_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        fsync(fd)
+
+    def recorded_replace(src, dst):
+        events.append("rename")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    with atomic_path(tmp_path / "file.txt") as tmp:
+        tmp.write_text("one")
+    folder = ["fsync folder"] if hasattr(os, "O_DIRECTORY") else []  # where the OS can open a folder
+    assert events == ["fsync file", "rename", *folder] and (tmp_path / "file.txt").read_text() == "one"
+
+
+def test_code_version_reads_packed_refs_and_worktrees(tmp_path):
+    import shutil
+    import subprocess
+
+    from ssnf.results import code_version, git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("no git on this machine")
+
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "repo").mkdir()
+    git("init", "-q", "-b", "main")
+    (tmp_path / "repo" / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("commit", "-qm", "one")
+    commit = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path / "repo") == commit and code_version(tmp_path / "repo").endswith(f"+{commit[:10]}")
+    git("pack-refs", "--all")  # the branch's loose ref file is gone: only packed-refs has it
+    assert not (tmp_path / "repo" / ".git" / "refs" / "heads" / "main").exists()
+    assert git_commit(tmp_path / "repo") == commit
+    git("worktree", "add", "-q", "-b", "other", str(tmp_path / "wt"))  # .git is a file naming the worktree's folder
+    assert git_commit(tmp_path / "wt") == commit
+    git("checkout", "-q", "--detach")
+    assert git_commit(tmp_path / "repo") == commit
+    assert git_commit(tmp_path) == "" and code_version(tmp_path) == code_version(tmp_path / "nowhere")
+
+
 def test_slim_checkpoints_keep_the_backbone_s_fingerprint_only(trained, tmp_path):
     """``backbone=False`` (a sweep's trial checkpoints): no backbone weights in the file, loaded with the
     backbone at hand, and refused with another."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 
-from ssnf.config import DataConfig
+from ssnf.config import DataConfig, Layout
 from ssnf.data.dataset import ImageDataset
 from ssnf.data.layouts import ANOMALOUS, LAYOUT_READERS, NORMAL, load_index
 from tests.helpers.fake_data import HW, LAYOUT_MAKERS, make_dagm, make_mvtec
@@ -13,6 +15,12 @@ from tests.helpers.fake_data import HW, LAYOUT_MAKERS, make_dagm, make_mvtec
 
 def test_every_registered_layout_has_a_fake_dataset():
     assert set(LAYOUT_READERS) == set(LAYOUT_MAKERS)
+
+
+def test_the_layout_names_are_the_config_s_and_no_others():
+    assert set(LAYOUT_READERS) == set(get_args(Layout)) - {"auto"}
+    with pytest.raises(ValueError, match="layout 'coco' is not one of mvtec, btad, dagm, folder"):
+        LAYOUT_READERS.register("coco")
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUT_MAKERS))

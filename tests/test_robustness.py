@@ -241,7 +241,7 @@ def _bank_detector(kind: str) -> Detector:
         feats = model.extractor(torch.from_numpy(example_images(64, 4, seed=3)).permute(0, 3, 1, 2) / 255.0)
     model.attach_bank(build_bank(feats, cfg.bank))
     model.bank.fusion.copy_(torch.tensor([0.5, 2.0, 3.0, 0.5]))
-    detector = Detector(model, cfg)
+    detector = Detector.from_model(model, cfg)
     prediction = detector.predict(example_images(64, 6, seed=5))
     detector.threshold = fit_threshold(prediction.scores, np.zeros(0), prediction.maps, ThresholdConfig(fpr=0.2))
     return detector

@@ -63,11 +63,11 @@ def test_train_reports_each_epoch_and_checkpoints(tiny, tmp_path):
     assert last["val_image_auroc"] == last["val_candidates"][f"image/{last['val_image_map']}/{last['val_image_score']}"]
     val_feats = [f[:2] for f in FeatureCache(tmp_path / "unused").features(
         result.model.extractor, result.splits.val[:2], load_images(result.splits.val[:2], 64), 64)]
-    a = Detector(result.model, tiny, "cpu").predict_features(val_feats)
-    b = Detector(ckpt.model, tiny, "cpu").predict_features(val_feats)
+    a = Detector.from_model(result.model, tiny, "cpu").predict_features(val_feats)
+    b = Detector.from_model(ckpt.model, tiny, "cpu").predict_features(val_feats)
     assert (a.scores == b.scores).all() and (a.maps == b.maps).all()
     shipped = pickle.loads(pickle.dumps(result.model))  # what Ray does with a model
-    c = Detector(shipped, tiny, "cpu").predict_features(val_feats)
+    c = Detector.from_model(shipped, tiny, "cpu").predict_features(val_feats)
     assert (a.scores == c.scores).all() and shipped.scoring == result.model.scoring
 
 

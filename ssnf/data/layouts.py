@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import numpy as np
 
-from ssnf.config import DataConfig
+from ssnf.config import DataConfig, Layout
 from ssnf.data.io import IMAGE_EXTENSIONS, image_hw, list_images, open_mask
 from ssnf.errors import DataError
 from ssnf.registry import Registry
@@ -76,7 +76,8 @@ class DatasetIndex:
 
 
 LayoutReader = Callable[[Path, DataConfig], DatasetIndex]
-LAYOUT_READERS: Registry[LayoutReader] = Registry("layout")
+# a reader per name of config.Layout but auto (detect_layout picks one)
+LAYOUT_READERS: Registry[LayoutReader] = Registry("layout", tuple(n for n in get_args(Layout) if n != "auto"))
 register_layout = LAYOUT_READERS.register
 
 

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from FrEIA.modules import AllInOneBlock
 from torch import nn
 
+from ssnf.config import NORMS
 from ssnf.errors import ConfigError
 from ssnf.model.subnets import SubnetFactory, SubnetSpec, sinusoidal_2d
-
-NORMS = ("none", "fixed", "actnorm")
 
 
 def _scaled_softplus(a: torch.Tensor) -> torch.Tensor:
