@@ -228,17 +228,48 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
     ``config.yaml`` there, so that a refused run leaves no file behind).
     """
     t_start = time.perf_counter()
-    seed = cfg.train.seed
-    seed_everything(seed)
+    model, data, device = _setup(cfg, data, bank, thresholds)
+    show = sys.stderr.isatty() if progress is None else progress
+    batches = Batches(cfg, model, data, device)
+    optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    history, start_epoch = _resume(resume, cfg, model, optimizer, device) if resume is not None else ([], 0)
+    timings = {**data.timings, "setup_s": time.perf_counter() - t_start}
+    if on_start is not None:
+        on_start()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        report = _train_epoch(cfg, model, batches, optimizer, epoch, show)
+        if epoch == start_epoch:  # this call's setup (checks, data, model), on the first epoch it trains
+            report["setup_s"] = timings["setup_s"]
+        last = epoch + 1 == cfg.train.epochs
+        if (epoch + 1) % cfg.train.val_every == 0 or last:
+            report.update(_validate_epoch(cfg, model, data, device, thresholds and last))
+        history.append(report)
+        if out_dir is not None:
+            save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer,
+                            backbone=not slim_checkpoints)
+        if show:
+            shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "novel", "val_image_auroc",
+                                                                        "val_pixel_auroc", "val_score")}
+            tqdm.write(f"epoch {epoch + 1}: {shown} ({report['train_s']:.1f} s)")
+        if callback is not None:
+            callback(dict(report), model)
+    timings["total_s"] = time.perf_counter() - t_start
+    model.eval()
+    return TrainResult(model, cfg, data.splits, history, timings)
+
+
+def _setup(cfg: SSNFConfig, data: PreparedData | None, bank: MemoryBank | None,
+           thresholds: bool) -> tuple[SSNFModel, PreparedData, torch.device]:
+    """Seeds, threads, device; every check before the first step; the model with its norms (and bank) fitted."""
+    seed_everything(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "bf16" and not native_bf16(device):
         warnings.warn(f"train.precision=bf16 on a {device.type} without bfloat16 arithmetic is emulated and slower "
-                      "than float32: set train.precision=fp32 here", stacklevel=2)
+                      "than float32: set train.precision=fp32 here", stacklevel=3)
     splits, model = prepare(cfg, need_splits=data is None, extractor=None if data is None else data.extractor)
     model.to(device)
-    show = sys.stderr.isatty() if progress is None else progress
     if data is None:
         data = prepare_data(cfg, model.extractor, splits, device)
     elif data.key != data_key(cfg):
@@ -254,63 +285,52 @@ def train(cfg: SSNFConfig, out_dir: Path | None = None, callback: EpochCallback 
             bank = build_bank(data.train_features, cfg.bank, cfg.data.seed, memory_available())
             data.timings["bank_s"] = time.perf_counter() - t
         model.attach_bank(MemoryBank.from_state(bank.state()).to(device))  # its own copy: validation sets its fusion
-    batches = Batches(cfg, model, data, device)
-    optimizer = torch.optim.Adam(model.flow_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    history, start_epoch = _resume(resume, cfg, model, optimizer, device) if resume is not None else ([], 0)
+    return model, data, device
 
-    n = len(data.train_images)
+
+def _train_epoch(cfg: SSNFConfig, model: SSNFModel, batches: Batches, optimizer: torch.optim.Optimizer, epoch: int,
+                 show: bool) -> dict:
+    """One epoch's steps (its own random streams, so ``resume`` is exact); the mean loss terms and timings."""
+    model.train()
+    t_epoch = time.perf_counter()
+    seed = cfg.train.seed
+    n = len(batches.images)
     batch_size = min(cfg.train.batch_size, n)
     steps = max(1, n // batch_size)  # drop the ragged last batch: the worst-normal constraint needs a full one
-    timings = {**data.timings, "setup_s": time.perf_counter() - t_start}
-    if on_start is not None:
-        on_start()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        model.train()
-        t_epoch = time.perf_counter()
-        batches.timings = dict.fromkeys(batches.timings, 0.0)
-        rng = np.random.default_rng([seed, 17, epoch])
-        torch.manual_seed(seed * 1000 + epoch)
-        order = rng.permutation(n)
-        sums = dict.fromkeys(TERMS, 0.0)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
-        for step in bar:
-            batch = batches.batch(order[step * batch_size:(step + 1) * batch_size], rng)
-            loss, terms = step_loss(model, batch, cfg.loss, (epoch * steps + step) / (cfg.train.epochs * steps))
-            if not math.isfinite(terms["loss"]):
-                raise TrainingDiverged(f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "
-                                       "lower train.lr or model.clamp")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.flow_parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            for k in sums:
-                sums[k] += terms[k]
-            bar.set_postfix(loss=f"{terms['loss']:.3f}")
-        report = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
-                  "train_s": time.perf_counter() - t_epoch, **batches.timings}
-        if epoch == start_epoch:  # this call's setup (checks, data, model), on the first epoch it trains
-            report["setup_s"] = timings["setup_s"]
-        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-            t = time.perf_counter()
-            report.update(validate(model, data.validation, cfg.scoring, cfg.data.image_size, device, cfg.threshold))
-            if thresholds and epoch + 1 == cfg.train.epochs:  # the final model's thresholds, from validation normals
-                threshold = Detector.from_model(model, cfg, device).calibrate(data.validation)
-                report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
-            report["val_s"] = time.perf_counter() - t
-        history.append(report)
-        if out_dir is not None:
-            save_checkpoint(Path(out_dir) / "checkpoint.pt", model, cfg, epoch + 1, history, optimizer,
-                            backbone=not slim_checkpoints)
-        if show:
-            shown = {k: round(v, 4) for k, v in report.items() if k in ("loss", "active", "novel", "val_image_auroc",
-                                                                        "val_pixel_auroc", "val_score")}
-            tqdm.write(f"epoch {epoch + 1}: {shown} ({report['train_s']:.1f} s)")
-        if callback is not None:
-            callback(dict(report), model)
-    timings["total_s"] = time.perf_counter() - t_start
-    model.eval()
-    return TrainResult(model, cfg, data.splits, history, timings)
+    batches.timings = dict.fromkeys(batches.timings, 0.0)
+    rng = np.random.default_rng([seed, 17, epoch])
+    torch.manual_seed(seed * 1000 + epoch)
+    order = rng.permutation(n)
+    sums = dict.fromkeys(TERMS, 0.0)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show, leave=False)
+    for step in bar:
+        batch = batches.batch(order[step * batch_size:(step + 1) * batch_size], rng)
+        loss, terms = step_loss(model, batch, cfg.loss, (epoch * steps + step) / (cfg.train.epochs * steps))
+        if not math.isfinite(terms["loss"]):
+            raise TrainingDiverged(f"loss became {terms['loss']} at epoch {epoch + 1}, step {step + 1}: "
+                                   "lower train.lr or model.clamp")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.flow_parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        for k in sums:
+            sums[k] += terms[k]
+        bar.set_postfix(loss=f"{terms['loss']:.3f}")
+    return {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
+            "train_s": time.perf_counter() - t_epoch, **batches.timings}
+
+
+def _validate_epoch(cfg: SSNFConfig, model: SSNFModel, data: PreparedData, device: torch.device,
+                    thresholds: bool) -> dict:
+    """Validation metrics (and the scoring they choose); with ``thresholds``, the final model's thresholds."""
+    t = time.perf_counter()
+    report = validate(model, data.validation, cfg.scoring, cfg.data.image_size, device, cfg.threshold)
+    if thresholds:  # from the validation normals, through the inference path
+        threshold = Detector.from_model(model, cfg, device).calibrate(data.validation)
+        report["threshold_image"], report["threshold_pixel"] = threshold.image, threshold.pixel
+    report["val_s"] = time.perf_counter() - t
+    return report
 
 
 def _resume(path: Path, cfg: SSNFConfig, model: SSNFModel, optimizer: torch.optim.Optimizer,
