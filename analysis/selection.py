@@ -134,62 +134,82 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
         raise ResultsError(f"unknown budget {unknown[0]!r}; known: {', '.join(BUDGET_COSTS)}")
     everyone = candidates(results.trials, None, categories, budget)  # every full-budget trial within it, ranked
     confirm = full_budget(confirmation_rows(results.trials))
-    if baseline:  # the default config's trial, wherever ASHA left it
-        sweep = sweep_rows(results.trials)
-        base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
-        base = base[base["category"].isin(set(everyone["category"]))]
-        # several sweeps of a category each ran the default: one of them stands for it, a confirmed one if any
-        base = base.assign(_confirmed=[(e, t) in set(zip(confirm["confirms_experiment"], confirm["confirms"]))
-                                       for e, t in zip(base["experiment"], base["trial_id"])])
-        base = base.sort_values(["_confirmed", "started_at"], ascending=[False, True]).drop_duplicates("category")
-        base = base.drop(columns="_confirmed")
-        extra = base[~base["trial_id"].isin(set(everyone["trial_id"]))].copy()
-        extra.insert(0, "rank", 0)
-        everyone = pd.concat([everyone, extra], ignore_index=True)
-        everyone["baseline"] = everyone["trial_id"].isin(set(base["trial_id"]))
-    else:
-        everyone["baseline"] = False
+    everyone = _with_baseline(results.trials, everyone, confirm) if baseline else everyone.assign(baseline=False)
     # one run per (candidate, seed): a second confirmation run with the same seeds is not counted twice
     confirm = confirm.sort_values("ended_at").drop_duplicates(["confirms_experiment", "confirms", "seed"], keep="last")
+    cands = _candidates_of(everyone, confirm, k)
+    table = pd.DataFrame([_candidate_row(c, confirm) for _, c in cands.iterrows()])
+    _choose(table, budget)
+    chosen_ids = table[table["chosen"]][["experiment", "trial_id"]]
+    chosen = cands.merge(chosen_ids, on=["experiment", "trial_id"])
+    return Selection(table, chosen, cands)
+
+
+def _with_baseline(trials: pd.DataFrame, everyone: pd.DataFrame, confirm: pd.DataFrame) -> pd.DataFrame:
+    """``everyone`` plus the default config's trial of each category (rank 0 when it is not a full-budget
+    candidate: wherever ASHA left it), marked in a ``baseline`` column."""
+    sweep = sweep_rows(trials)
+    base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
+    base = base[base["category"].isin(set(everyone["category"]))]
+    # several sweeps of a category each ran the default: one of them stands for it, a confirmed one if any
+    base = base.assign(_confirmed=[(e, t) in set(zip(confirm["confirms_experiment"], confirm["confirms"]))
+                                   for e, t in zip(base["experiment"], base["trial_id"])])
+    base = base.sort_values(["_confirmed", "started_at"], ascending=[False, True]).drop_duplicates("category")
+    base = base.drop(columns="_confirmed")
+    extra = base[~base["trial_id"].isin(set(everyone["trial_id"]))].copy()
+    extra.insert(0, "rank", 0)
+    everyone = pd.concat([everyone, extra], ignore_index=True)
+    everyone["baseline"] = everyone["trial_id"].isin(set(base["trial_id"]))
+    return everyone
+
+
+def _candidates_of(everyone: pd.DataFrame, confirm: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per category: the trials confirmed, where it has confirmation runs (whatever ``k`` is now); else the
+    top ``k`` full-budget trials and the baseline wherever it stands."""
     confirmed = set(zip(confirm["confirms_experiment"], confirm["confirms"]))
     picked = []
     for _, group in everyone.groupby("category", sort=False):
         ids = list(zip(group["experiment"], group["trial_id"]))
         mine = [i for i in ids if i in confirmed]
-        # a category with confirmation runs: its candidates are the trials confirmed (whatever k is now)
         if mine:
             picked.append(group[[i in mine for i in ids]])
-        else:  # the top k full-budget trials, and the baseline wherever it stands
+        else:
             top = group[group["rank"] >= 1].head(k)
             picked.append(pd.concat([top, group[group["baseline"] & ~group.index.isin(top.index)]]))
-    cands = pd.concat(picked, ignore_index=True)
-    rows = []
-    for _, c in cands.iterrows():
-        runs = confirm[(confirm["confirms"] == c["trial_id"]) & (confirm["confirms_experiment"] == c["experiment"])]
-        runs = runs.sort_values("seed")
-        scores = [float(v) for v in runs["final_val_score"]]
-        row = {
-            "category": c["category"], "rank": int(c["rank"]), "baseline": bool(c["baseline"]),
-            "experiment": c["experiment"], "trial_id": c["trial_id"],
-            "space": c["space"], "image_size": int(c["config.data.image_size"]), "epochs": int(c["budget_epochs"]),
-            "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]), "sweep_status": c["status"],
-            "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
-            "n_seeds": len(scores), "val_mean": float(np.mean(scores)) if scores else float("nan"),
-            "val_std": _std(scores),
-            **{f"sweep_{t}": c[t] for t in TESTS},
-            **{f"seeds_{t}_mean": float(runs[t].mean()) if len(runs) else float("nan") for t in TESTS},
-        }
-        for col in COSTS:  # the median of its measurements: the sweep trial's and its confirmation runs'
-            measured = pd.concat([pd.Series([c.get(col)]), runs[col]]).dropna().astype(float)
-            row[col.removeprefix("cost_")] = float(measured.median()) if len(measured) else float("nan")
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    return pd.concat(picked, ignore_index=True)
+
+
+def _candidate_row(c: pd.Series, confirm: pd.DataFrame) -> dict:
+    """One candidate's row of the selection table: its sweep figures, its confirmation seeds, its costs."""
+    runs = confirm[(confirm["confirms"] == c["trial_id"]) & (confirm["confirms_experiment"] == c["experiment"])]
+    runs = runs.sort_values("seed")
+    scores = [float(v) for v in runs["final_val_score"]]
+    row = {
+        "category": c["category"], "rank": int(c["rank"]), "baseline": bool(c["baseline"]),
+        "experiment": c["experiment"], "trial_id": c["trial_id"],
+        "space": c["space"], "image_size": int(c["config.data.image_size"]), "epochs": int(c["budget_epochs"]),
+        "sweep_seed": int(c["seed"]), "sweep_val_score": float(c["final_val_score"]), "sweep_status": c["status"],
+        "seeds": [int(s) for s in runs["seed"]], "seed_val_scores": scores,
+        "n_seeds": len(scores), "val_mean": float(np.mean(scores)) if scores else float("nan"),
+        "val_std": _std(scores),
+        **{f"sweep_{t}": c[t] for t in TESTS},
+        **{f"seeds_{t}_mean": float(runs[t].mean()) if len(runs) else float("nan") for t in TESTS},
+    }
+    for col in COSTS:  # the median of its measurements: the sweep trial's and its confirmation runs'
+        measured = pd.concat([pd.Series([c.get(col)]), runs[col]]).dropna().astype(float)
+        row[col.removeprefix("cost_")] = float(measured.median()) if len(measured) else float("nan")
+    return row
+
+
+def _choose(table: pd.DataFrame, budget: dict[str, float]) -> None:
+    """Fill ``eligible``, ``confirmed``, ``chosen`` and ``reason``: per category the best eligible mean over
+    the confirmation seeds, or (provisional) the sweep's best eligible rank."""
     budget_view = table.rename(columns={c.removeprefix("cost_"): c for c in COSTS})
     table["eligible"] = within_budget(budget_view, budget).to_numpy() if budget else True
     table["confirmed"] = False
     table["chosen"] = False
     table["reason"] = ""
-    for category, group in table.groupby("category", sort=False):
+    for _, group in table.groupby("category", sort=False):
         confirmed = group["n_seeds"].gt(0).any()
         if confirmed:
             order = group.sort_values(["eligible", "val_mean", "rank"], ascending=[False, False, True], na_position="last")
@@ -200,9 +220,6 @@ def select(results: Results, k: int = 3, categories: list[str] | None = None, ba
         table.loc[group.index, "confirmed"] = bool(confirmed)
         table.loc[win, "chosen"] = True
         table.loc[group.index, "reason"] = [_reason(table.loc[i], order, confirmed, i == win, budget) for i in group.index]
-    chosen_ids = table[table["chosen"]][["experiment", "trial_id"]]
-    chosen = cands.merge(chosen_ids, on=["experiment", "trial_id"])
-    return Selection(table, chosen, cands)
 
 
 def _stopped_last(rank: pd.Series) -> pd.Series:
