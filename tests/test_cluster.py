@@ -1,4 +1,4 @@
-"""Sweeps on a real multi-node Ray cluster on this machine (``ssnf.tune.loopback``): a head with no CPUs and
+"""Sweeps on a real multi-node Ray cluster on this machine (``tests/helpers/loopback.py``): a head with no CPUs and
 worker nodes of their own processes and ports, every one bound to 127.0.0.1. The driver is ``tune_main.py``
 with ``--address``, as a user runs it. Each test bounds its time and tears its cluster down.
 
@@ -24,7 +24,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
-from ssnf.tune.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
+from tests.helpers.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
 from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_ray_job_submit_then_stop_then_resume(cluster, demo_root, tmp_path):
 
 
 def test_bad_cluster_input_is_one_line_and_writes_nothing(cluster, demo_root, tmp_path):
-    from ssnf.tune.loopback import free_port
+    from tests.helpers.loopback import free_port
 
     def fails(address: str, *extra: str) -> str:
         done = subprocess.run(tune_main(address, *sweep_args(demo_root, tmp_path / "s", "bad", "--categories", "washer",
@@ -257,7 +257,7 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
 
 def test_address_auto_resolves_as_ray_does_and_fails_in_seconds(monkeypatch):
     from ssnf.errors import SSNFError
-    from ssnf.tune.loopback import free_port
+    from tests.helpers.loopback import free_port
     from ssnf.tune.sweep import probe_address
 
     dead = f"127.0.0.1:{free_port()}"
