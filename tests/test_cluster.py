@@ -219,7 +219,8 @@ def test_a_killed_worker_node_loses_no_trial(demo_root, tmp_path):
 def test_local_storage_is_refused_where_nodes_run_on_other_machines(tmp_path):
     """The decision alone, on node addresses as Ray reports them (nothing is contacted)."""
     from ssnf.errors import SSNFError
-    from ssnf.tune.sweep import SweepOptions, check_storage
+    from ssnf.tune.connect import check_storage
+    from ssnf.tune.options import SweepOptions
 
     options = SweepOptions(data_root=str(tmp_path), categories=["x"], storage=str(tmp_path / "store"))
     check_storage(options, {"127.0.0.1"}, "127.0.0.1")  # every node on this machine: the folder is shared
@@ -240,7 +241,8 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
     import yaml
 
     from ssnf.errors import SSNFError
-    from ssnf.tune.sweep import SweepOptions, check_resources, launchable_node_types
+    from ssnf.tune.connect import check_resources, launchable_node_types
+    from ssnf.tune.options import SweepOptions
 
     config = tmp_path / "ray_bootstrap_config.yaml"
     config.write_text(yaml.safe_dump({"available_node_types": {
@@ -258,7 +260,7 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
 def test_address_auto_resolves_as_ray_does_and_fails_in_seconds(monkeypatch):
     from ssnf.errors import SSNFError
     from tests.helpers.loopback import free_port
-    from ssnf.tune.sweep import probe_address
+    from ssnf.tune.connect import probe_address
 
     dead = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", dead)  # what `ray job submit` sets for its driver

@@ -18,7 +18,10 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
-from ssnf.tune.sweep import SweepOptions, best_table, run_sweep, trial_runtime_env  # noqa: E402
+from ssnf.tune.connect import trial_runtime_env  # noqa: E402
+from ssnf.tune.options import SweepOptions  # noqa: E402
+from ssnf.tune.report import best_table  # noqa: E402
+from ssnf.tune.run import run_sweep  # noqa: E402
 from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +106,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         if expected == optuna.trial.TrialState.COMPLETE:
             assert trial.values == pytest.approx([row["final_val_score"], row["cost_infer_ms_b1"]])
     assert {t.number for t in study.best_trials} <= {t.number for t in study.trials if t.state.name == "COMPLETE"}
-    from ssnf.tune.sweep import front_table
+    from ssnf.tune.report import front_table
 
     front = front_table(outcomes, ["val_score", "infer_ms"])
     assert "| washer |" in front and outcome_best_id(outcomes) in front  # the best val_score is always on the front
