@@ -1,7 +1,7 @@
 """The Ray Tune layer: the only place in ``ssnf`` that imports Ray.
 
 - ``options.py``: ``SweepOptions`` (each option's type, default and flag spelled once), the checks every run shares;
-- ``plans.py``: ``SweepPlan`` (one Optuna study per category) and ``ConfirmPlan`` (candidates x new seeds), one contract;
+- ``plans.py``: ``SweepPlan`` (one Optuna study per category), ``ConfirmPlan`` (candidates x new seeds): one contract;
 - ``run.py``: ``run_sweep``, the one loop that runs either plan, category by category, resumable;
 - ``connect.py``: starting or joining Ray, and what the cluster must grant (resources, storage every node sees);
 - ``experiment.py``: where an experiment lives, and whether a new or resumed run may write there;

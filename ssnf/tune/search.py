@@ -197,5 +197,5 @@ def scheduler(name: Scheduler, max_epochs: int):
 
 
 __all__ = ["BUDGETS", "BudgetStopper", "CostAwareSearch", "GIVE_UP_AFTER", "INFEASIBLE_KEY", "OBJECTIVES",
-           "SCHEDULERS", "SEARCHERS", "Scheduler", "Searcher", "budget_violation", "cost_constraints", "parse_objectives", "scheduler",
-           "searcher"]
+           "SCHEDULERS", "SEARCHERS", "Scheduler", "Searcher", "budget_violation", "cost_constraints",
+           "parse_objectives", "scheduler", "searcher"]
