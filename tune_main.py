@@ -34,9 +34,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from ssnf.tune.options import SweepOptions, add_flags
 
     p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__.split("\n\n")[0])
-    demo = {k: f"{getattr(SweepOptions, k)}; the demo {v}" for k, v in DEMO_OPTIONS.items()}
+    demo_values = {k: f"{getattr(SweepOptions, k)}; the demo {v}" for k, v in DEMO_OPTIONS.items()}
     add_flags(p, defaults={"data_root": f"generate the demo data in {DEMO_ROOT}/ and run the demo",
-                           "categories": f"the demo's {DEMO_CATEGORIES}", "name": "<space>-<date>-<time>", **demo})
+                           "categories": f"the demo's {DEMO_CATEGORIES}", "name": "<space>-<date>-<time>", **demo_values})
     p.add_argument("--config", help="YAML config every trial starts from (e.g. a run's config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base config override")
     return p.parse_args(argv)
