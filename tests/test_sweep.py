@@ -485,6 +485,27 @@ def test_bad_input_is_one_line_and_writes_nothing(demo_root, tmp_path, capsys, a
     assert not store.exists()
 
 
+def test_the_flags_are_the_fields_of_sweep_options(capsys):
+    """tune_main.py's flags are derived from SweepOptions: a flag per field with a help text, its choices from the
+    field's Literal, its default (shown in --help) the field's, and only the flags given reach the options."""
+    from dataclasses import MISSING, fields
+
+    from ssnf.tune.options import given
+    from ssnf.tune.search import SCHEDULERS, SEARCHERS
+
+    args = tune_main.parse_args(["--data-root", "d", "--categories", "a,b", "--no-baseline", "--searcher", "random"])
+    assert given(args) == {"data_root": "d", "categories": ["a", "b"], "baseline": False, "searcher": "random"}
+    options = SweepOptions(**given(args))
+    for f in fields(SweepOptions):
+        if f.name not in given(args) and f.default is not MISSING:
+            assert getattr(options, f.name) == f.default
+    with pytest.raises(SystemExit):
+        tune_main.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{{{','.join(SEARCHERS)}}}" in text and f"{{{','.join(SCHEDULERS)}}}" in text
+    assert f"(default: {SweepOptions.max_epochs}; the demo 4)" in text and "--no-reuse-actors" in text
+
+
 def test_missing_data_root_and_resume_without_name(tmp_path, capsys):
     assert tune_main.main(["--data-root", str(tmp_path / "nowhere"), "--categories", "x"]) == 2
     assert f"data root {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
