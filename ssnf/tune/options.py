@@ -23,7 +23,7 @@ def flag(help: str, name: str | None = None, metavar: str | None = None) -> dict
     return {"help": help, "flag": name, "metavar": metavar}
 
 
-COSTS = ", ".join(o for o in OBJECTIVES if o != "val_score")
+_COSTS = ", ".join(o for o in OBJECTIVES if o != "val_score")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SweepOptions:
         "instead of a search: re-train every candidate of this Parquet (`python -m analysis select ... --out DIR` "
         "writes DIR/candidates.parquet) with --seeds new seeds, full budget", metavar="CANDIDATES"))
     objectives: str = field(default="val_score", metadata=flag(
-        f"comma-separated: val_score and up to two costs ({COSTS}); several give one Pareto front per category"))
+        f"comma-separated: val_score and up to two costs ({_COSTS}); several give one Pareto front per category"))
     max_ms: float = field(default=0.0, metadata=flag(
         "a trial whose detector takes longer per image at batch 1 (measured on its node before training) ends at "
         "once as infeasible (0: no bound)", metavar="MS"))
