@@ -1,4 +1,4 @@
-"""Cluster benchmark on this machine's loopback cluster (``ssnf.tune.loopback``), demo data.
+"""Cluster benchmark on this machine's loopback cluster (``tests/helpers/loopback.py``), demo data.
 
     .venv/bin/python bench/cluster.py [--trials 6] [--epochs 3] [--runs one-node,two-workers,node-loss]
     .venv/bin/python bench/cluster.py table     # print the runs measured so far
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from ssnf.tune.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
+from tests.helpers.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
 from tune_main import DEMO_BASE_SETS, DEMO_CATEGORIES  # noqa: E402
 
 RESULTS = HERE / "results"

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.loopback import QUIET_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 # Every Ray process a test starts stays on loopback and quiet, whichever test starts it first.
-os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"})
+os.environ.update(QUIET_ENV)
 
 
 def shared_data_root() -> Path:

@@ -1,4 +1,4 @@
-"""Sweeps on a real multi-node Ray cluster on this machine (``ssnf.tune.loopback``): a head with no CPUs and
+"""Sweeps on a real multi-node Ray cluster on this machine (``tests/helpers/loopback.py``): a head with no CPUs and
 worker nodes of their own processes and ports, every one bound to 127.0.0.1. The driver is ``tune_main.py``
 with ``--address``, as a user runs it. Each test bounds its time and tears its cluster down.
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.ray_cluster  # Ray: one at a time in one xdist worker (
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
-from ssnf.tune.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
+from tests.helpers.loopback import QUIET_ENV, BusyCPUs, LoopbackCluster  # noqa: E402
 from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_ray_job_submit_then_stop_then_resume(cluster, demo_root, tmp_path):
 
 
 def test_bad_cluster_input_is_one_line_and_writes_nothing(cluster, demo_root, tmp_path):
-    from ssnf.tune.loopback import free_port
+    from tests.helpers.loopback import free_port
 
     def fails(address: str, *extra: str) -> str:
         done = subprocess.run(tune_main(address, *sweep_args(demo_root, tmp_path / "s", "bad", "--categories", "washer",
@@ -221,7 +221,8 @@ def test_a_killed_worker_node_loses_no_trial(demo_root, tmp_path):
 def test_local_storage_is_refused_where_nodes_run_on_other_machines(tmp_path):
     """The decision alone, on node addresses as Ray reports them (nothing is contacted)."""
     from ssnf.errors import SSNFError
-    from ssnf.tune.sweep import SweepOptions, check_storage
+    from ssnf.tune.connect import check_storage
+    from ssnf.tune.options import SweepOptions
 
     options = SweepOptions(data_root=str(tmp_path), categories=["x"], storage=str(tmp_path / "store"))
     check_storage(options, {"127.0.0.1"}, "127.0.0.1")  # every node on this machine: the folder is shared
@@ -242,7 +243,8 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
     import yaml
 
     from ssnf.errors import SSNFError
-    from ssnf.tune.sweep import SweepOptions, check_resources, launchable_node_types
+    from ssnf.tune.connect import check_resources, launchable_node_types
+    from ssnf.tune.options import SweepOptions
 
     config = tmp_path / "ray_bootstrap_config.yaml"
     config.write_text(yaml.safe_dump({"available_node_types": {
@@ -259,8 +261,8 @@ def test_node_types_the_autoscaler_may_start_count_as_grantable(tmp_path):
 
 def test_address_auto_resolves_as_ray_does_and_fails_in_seconds(monkeypatch):
     from ssnf.errors import SSNFError
-    from ssnf.tune.loopback import free_port
-    from ssnf.tune.sweep import probe_address
+    from tests.helpers.loopback import free_port
+    from ssnf.tune.connect import probe_address
 
     dead = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", dead)  # what `ray job submit` sets for its driver

@@ -57,7 +57,7 @@ def test_the_library_and_its_cli_work_without_ray_and_optuna(tmp_path):
 
 
 def test_the_sweep_without_ray_names_the_extra_in_one_line(tmp_path):
-    done = run_without_ray(tmp_path, "-c", "import ssnf.tune.sweep")
+    done = run_without_ray(tmp_path, "-c", "import ssnf.tune.run")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     expected = "ImportError: ssnf.tune (the sweep) needs ray and optuna: pip install ssnf[tune]"

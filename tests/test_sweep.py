@@ -20,7 +20,10 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
-from ssnf.tune.sweep import SweepOptions, best_table, run_sweep, trial_runtime_env  # noqa: E402
+from ssnf.tune.connect import trial_runtime_env  # noqa: E402
+from ssnf.tune.options import SweepOptions  # noqa: E402
+from ssnf.tune.report import best_table  # noqa: E402
+from ssnf.tune.run import run_sweep  # noqa: E402
 from tests.conftest import SWEEP_SETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +108,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
         if expected == optuna.trial.TrialState.COMPLETE:
             assert trial.values == pytest.approx([row["final_val_score"], row["cost_infer_ms_b1"]])
     assert {t.number for t in study.best_trials} <= {t.number for t in study.trials if t.state.name == "COMPLETE"}
-    from ssnf.tune.sweep import front_table
+    from ssnf.tune.report import front_table
 
     front = front_table(outcomes, ["val_score", "infer_ms"])
     assert "| washer |" in front and outcome_best_id(outcomes) in front  # the best val_score is always on the front
@@ -482,6 +485,27 @@ def test_bad_input_is_one_line_and_writes_nothing(demo_root, tmp_path, capsys, a
     err = capsys.readouterr().err.strip()
     assert err.startswith("tune_main: error: ") and message in err and "\n" not in err
     assert not store.exists()
+
+
+def test_the_flags_are_the_fields_of_sweep_options(capsys):
+    """tune_main.py's flags are derived from SweepOptions: a flag per field with a help text, its choices from the
+    field's Literal, its default (shown in --help) the field's, and only the flags given reach the options."""
+    from dataclasses import MISSING, fields
+
+    from ssnf.tune.options import given
+    from ssnf.tune.search import SCHEDULERS, SEARCHERS
+
+    args = tune_main.parse_args(["--data-root", "d", "--categories", "a,b", "--no-baseline", "--searcher", "random"])
+    assert given(args) == {"data_root": "d", "categories": ["a", "b"], "baseline": False, "searcher": "random"}
+    options = SweepOptions(**given(args))
+    for f in fields(SweepOptions):
+        if f.name not in given(args) and f.default is not MISSING:
+            assert getattr(options, f.name) == f.default
+    with pytest.raises(SystemExit):
+        tune_main.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{{{','.join(SEARCHERS)}}}" in text and f"{{{','.join(SCHEDULERS)}}}" in text
+    assert f"(default: {SweepOptions.max_epochs}; the demo 4)" in text and "--no-reuse-actors" in text
 
 
 def test_missing_data_root_and_resume_without_name(tmp_path, capsys):

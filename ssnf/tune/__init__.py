@@ -1,9 +1,18 @@
 """The Ray Tune layer: the only place in ``ssnf`` that imports Ray.
 
+- ``options.py``: ``SweepOptions`` (each option's type, default and flag spelled once), the checks every run shares;
+- ``plans.py``: ``SweepPlan`` (one Optuna study per category), ``ConfirmPlan`` (candidates x new seeds): one contract;
+- ``run.py``: ``run_sweep``, the one loop that runs either plan, category by category, resumable;
+- ``connect.py``: starting or joining Ray, and what the cluster must grant (resources, storage every node sees);
+- ``experiment.py``: where an experiment lives, and whether a new or resumed run may write there;
+- ``report.py``: the feature sets' costs, the per-category best and Pareto front tables;
+- ``search.py``: the searcher (Optuna through Ray Tune, objectives, a cost budget) and the scheduler;
 - ``trainable.py``: ``run_trial``, the function trainable around ``ssnf.training.train``;
+- ``shared.py``: the feature store that prepares each extractor setting's data once and shares it;
 - ``overrides.py``: turning a search space's sample into a config (and refusing what a space may not set);
-- ``results.py``: the versioned Parquet schema and the callback that writes a row per trial, atomically;
-- ``sweep.py``: one Optuna study per category on local Ray or a cluster, resume, the per-category best.
+- ``results.py``: the Tune callback that writes a row per ended trial (the schema, writer and reader are
+  ``ssnf/results.py``, which needs no Ray);
+- ``journal.py``: each category's Optuna study in the experiment folder.
 """
 
 import os

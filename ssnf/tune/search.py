@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler
@@ -46,8 +46,10 @@ BUDGETS = {"max_ms": "cost_infer_ms_b1", "max_gflops": "cost_gflops"}  # option 
 VIOLATION_ATTR = "cost_violation"  # the Optuna user attribute ``cost_constraints`` reads
 INFEASIBLE_KEY = "infeasible"  # in a trial's result: it was over the budget and did not train
 GIVE_UP_AFTER = 6  # infeasible trials in a row, none feasible yet: the budget is out of the space's reach
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "none")
+Searcher = Literal["tpe", "random"]  # --searcher: Optuna TPE, or random search (the baseline)
+Scheduler = Literal["asha", "none"]  # --scheduler: ASHA over epochs, or every trial trains its full budget
+SEARCHERS: tuple[str, ...] = get_args(Searcher)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 
 def parse_objectives(spelling: str) -> list[str]:
@@ -155,7 +157,7 @@ class BudgetStopper(Stopper):
                 f"measured {cheapest or 'nothing'}): raise the budget or search a cheaper space (e.g. --space cost)")
 
 
-def sampler(searcher: str, seed: int, num_samples: int, constrained: bool):
+def sampler(searcher: Searcher, seed: int, num_samples: int, constrained: bool):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -171,7 +173,7 @@ def sampler(searcher: str, seed: int, num_samples: int, constrained: bool):
 
 
 def searcher(space: Callable, category: str, storage, *, objectives: list[str], budget: dict[str, float],
-             searcher_name: str, seed: int, num_samples: int, max_concurrent: int, budget_epochs: int,
+             searcher_name: Searcher, seed: int, num_samples: int, max_concurrent: int, budget_epochs: int,
              baseline: dict | None) -> ConcurrencyLimiter:
     """The category's searcher: its Optuna study lives in ``storage`` (the experiment's journal: ``optuna-dashboard
     <file>`` shows the live sweep, and Ray's snapshot of the searcher reopens the same file on --resume);
@@ -186,7 +188,7 @@ def searcher(space: Callable, category: str, storage, *, objectives: list[str], 
     return ConcurrencyLimiter(search, max_concurrent=max_concurrent)
 
 
-def scheduler(name: str, max_epochs: int):
+def scheduler(name: Scheduler, max_epochs: int):
     """ASHA over epochs on ``val_score`` (also with several objectives: see the module docstring), or none."""
     if name == "none":
         return None
@@ -195,5 +197,5 @@ def scheduler(name: str, max_epochs: int):
 
 
 __all__ = ["BUDGETS", "BudgetStopper", "CostAwareSearch", "GIVE_UP_AFTER", "INFEASIBLE_KEY", "OBJECTIVES",
-           "SCHEDULERS", "SEARCHERS", "budget_violation", "cost_constraints", "parse_objectives", "scheduler",
-           "searcher"]
+           "SCHEDULERS", "SEARCHERS", "Scheduler", "Searcher", "budget_violation", "cost_constraints",
+           "parse_objectives", "scheduler", "searcher"]

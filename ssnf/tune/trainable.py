@@ -106,106 +106,137 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
     cfg = trial_config(base, config, confirming)
     where = placement()
     # the trials that can run at once on this node: the sweep's concurrency, at most the node's CPUs' worth
-    budget = memory_budget(memory_gib, min(slots, max(1, (os.cpu_count() or 1) // max(1, cfg.train.threads))))
+    share = memory_budget(memory_gib, min(slots, max(1, (os.cpu_count() or 1) // max(1, cfg.train.threads))))
     saved_limit = resource.getrlimit(resource.RLIMIT_DATA)
     hard = saved_limit[1]
     if cfg.train.device == "cpu":  # a GPU trial's memory is the GPU's; CUDA's own mappings must not meet the limit
         # the share is the trial's own: on top of what this worker process holds already (Ray reuses a trial's
         # process for the next trial, whose data segment keeps what the allocator did not hand back)
-        limit = budget + data_in_use()
+        limit = share + data_in_use()
         resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
-    # the cost first: a trial over the budget ends before its data (perhaps a new extractor setting's features) is
-    # prepared or fetched. A memory bank is timed at bank.max_entries entries (what a category's coreset reaches)
     try:
-        where.update(trial_cost(cfg))
-    except (MemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
-            raise
+        # the cost first: a trial over the budget ends before its data (perhaps a new extractor setting's features)
+        # is prepared or fetched. A memory bank is timed at bank.max_entries entries (what a category's coreset reaches)
+        try:
+            where.update(trial_cost(cfg))
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            end_trial("out_of_memory", f"out of memory measuring its cost: the detector needs more than the trial's "
+                      f"{share / 2**30:.1f} GiB share of the node (--trial-memory)", where, saved_limit)
+            return
+        violation = budget_violation(where, cost_budget or {})
+        if violation > 0:
+            limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
+            end_trial(INFEASIBLE_KEY, f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at "
+                      f"batch 1, {where['cost_gflops']:.2f} GFLOP/image", where, saved_limit, cost_violation=violation)
+            return
+        data, bank = fetch_data(store, cfg, where)
+        train_trial(cfg, where, data, bank, private_cache, share, saved_limit)
+    finally:
         resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
         release_memory()
-        tune.report({"out_of_memory": 1.0, "val_score": float("nan"), **where,
-                     "failure": f"out of memory measuring its cost: the detector needs more than the trial's "
-                                f"{budget / 2**30:.1f} GiB share of the node (--trial-memory)"})
-        return
-    violation = budget_violation(where, cost_budget or {})
-    if violation > 0:
-        limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in (cost_budget or {}).items())
-        tune.report({INFEASIBLE_KEY: 1.0, "val_score": float("nan"), "cost_violation": violation, **where,
-                     "failure": f"over the budget ({limits}): {where['cost_infer_ms_b1']:.1f} ms/image at batch 1, "
-                                f"{where['cost_gflops']:.2f} GFLOP/image"})
-        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
-        release_memory()
-        return
-    data: PreparedData | None = None
-    bank = None
-    if store is not None:
-        t = time.perf_counter()
-        shared = ray.get(store.get.remote(to_dict(cfg)))
-        data = ray.get(shared.ref)
-        bank = ray.get(shared.bank) if shared.bank is not None else None
-        where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_prepare_s=shared.prepare_s,
-                     data_bytes=shared.nbytes + shared.bank_bytes, features_id=shared.features_id)
+
+
+def end_trial(key: str, failure: str, where: dict, saved_limit: tuple[int, int], **extra: float) -> None:
+    """The trial's last report: ``key`` (``diverged``, ``out_of_memory``, ``infeasible``) and why, with a NaN
+    ``val_score`` (Tune requires the metric in every result; Optuna records a NaN trial as failed and ASHA's
+    cut-offs ignore it). It then ends normally, so ``FailureConfig`` does not retry it. The memory limit is
+    lifted first: room to report."""
+    resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
+    tune.report({key: 1.0, "failure": failure, "val_score": float("nan"), **extra, **where})
+
+
+def fetch_data(store, cfg, where: dict) -> tuple[PreparedData | None, object]:
+    """The trial's extractor setting's prepared data (and memory bank) from the category's store, timed into
+    ``where``; (None, None) without a store."""
+    if store is None:
+        return None, None
+    t = time.perf_counter()
+    shared = ray.get(store.get.remote(to_dict(cfg)))
+    data = ray.get(shared.ref)
+    bank = ray.get(shared.bank) if shared.bank is not None else None
+    where.update(data_fetch_s=time.perf_counter() - t - shared.prepare_s, data_prepare_s=shared.prepare_s,
+                 data_bytes=shared.nbytes + shared.bank_bytes, features_id=shared.features_id)
+    return data, bank
+
+
+def train_trial(cfg, where: dict, data: PreparedData | None, bank, private_cache: bool, share: int,
+                saved_limit: tuple[int, int]) -> None:
+    """Trains the trial (from ``tune.get_checkpoint()`` where Tune restores it), reporting every epoch; a
+    diverging or out-of-memory run ends it (``end_trial``)."""
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
     saved_env = os.environ.get(FEATURES_ENV)
     if private_cache:  # measure "features recomputed per trial": no cache shared with other trials
         os.environ[FEATURES_ENV] = str(work / "features")
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir()
-    resume = None
-    restored = tune.get_checkpoint()
-    history: list[dict] = []
-    if restored is not None:
-        with restored.as_directory() as folder:
-            shutil.copy(Path(folder) / "checkpoint.pt", ckpt_dir / "checkpoint.pt")
-            if (Path(folder) / HISTORY).is_file():
-                history = json.loads((Path(folder) / HISTORY).read_text())
-        resume = ckpt_dir / "checkpoint.pt"
-
-    def report(epoch_report: dict, model) -> None:
-        # beside the (slim) checkpoint, the history alone: what the driver reads to write the Parquet rows
-        history.append(epoch_report)
-        with atomic_path(ckpt_dir / HISTORY) as tmp:
-            tmp.write_text(json.dumps(history, default=float))
-        # Ray's progress table shows the first four metrics of a result: validation first.
-        first = [k for k in ("val_score", "val_image_auroc", "val_pixel_auroc", "loss") if k in epoch_report]
-        metrics = {k: float(epoch_report[k]) for k in first}
-        metrics.update({k: float(v) for k, v in epoch_report.items() if isinstance(v, (int, float)) and k not in metrics})
-        metrics.update(where, device=str(next(model.parameters()).device))
-        if epoch_report["epoch"] == cfg.train.epochs:
-            if data is not None and data.test is not None:
-                samples = data.test
-            else:  # --no-shared-features: this node reads the test images itself
-                samples = make_splits(load_index(cfg.data), cfg.data).test
-            if samples:
-                t = time.perf_counter()
-                test = evaluate(model, cfg, samples, next(model.parameters()).device).metrics
-                metrics.update({f"test_{k}": v for k, v in test.items() if "/" not in k})
-                metrics["test_s"] = time.perf_counter() - t
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-
+    resume, history = restore_checkpoint(ckpt_dir)
     try:
-        train(cfg, out_dir=ckpt_dir, callback=report, resume=resume, progress=False, data=data, slim_checkpoints=True,
-              thresholds=False, bank=bank)
+        train(cfg, out_dir=ckpt_dir, callback=EpochReporter(cfg, ckpt_dir, history, where, data), resume=resume,
+              progress=False, data=data, slim_checkpoints=True, thresholds=False, bank=bank)
     except TrainingDiverged as exc:
-        # val_score NaN: Tune requires the metric in every result; Optuna records a NaN trial as failed and
-        # ASHA's cut-offs ignore it. The trial then ends normally, so FailureConfig does not retry it.
-        tune.report({"diverged": 1.0, "failure": str(exc), "val_score": float("nan"), **where})
+        end_trial("diverged", str(exc), where, saved_limit)
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise
-        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)  # room to report
-        reason = (f"out of memory: the trial needs more than its {budget / 2**30:.1f} GiB share of the node "
-                  f"(--trial-memory; {str(exc).splitlines()[0][:160]})")
-        tune.report({"out_of_memory": 1.0, "failure": reason, "val_score": float("nan"), **where})
+        end_trial("out_of_memory", f"out of memory: the trial needs more than its {share / 2**30:.1f} GiB share of "
+                  f"the node (--trial-memory; {str(exc).splitlines()[0][:160]})", where, saved_limit)
     finally:
-        resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
         if private_cache:  # Ray reuses worker processes: leave the environment as it was
             if saved_env is None:
                 os.environ.pop(FEATURES_ENV, None)
             else:
                 os.environ[FEATURES_ENV] = saved_env
         shutil.rmtree(work, ignore_errors=True)
-        release_memory()
+
+
+def restore_checkpoint(ckpt_dir: Path) -> tuple[Path | None, list[dict]]:
+    """Tune's checkpoint of this trial (a retry, a resumed experiment) copied into ``ckpt_dir``: the file to
+    resume from and the epoch reports so far; (None, []) for a fresh trial."""
+    restored = tune.get_checkpoint()
+    if restored is None:
+        return None, []
+    history: list[dict] = []
+    with restored.as_directory() as folder:
+        shutil.copy(Path(folder) / "checkpoint.pt", ckpt_dir / "checkpoint.pt")
+        if (Path(folder) / HISTORY).is_file():
+            history = json.loads((Path(folder) / HISTORY).read_text())
+    return ckpt_dir / "checkpoint.pt", history
+
+
+class EpochReporter:
+    """``train``'s epoch callback: the epoch's report to Tune with the checkpoint, and its history beside it
+    (what the driver reads to write the Parquet rows); with the last epoch, the test metrics."""
+
+    def __init__(self, cfg, ckpt_dir: Path, history: list[dict], where: dict, data: PreparedData | None) -> None:
+        self.cfg, self.ckpt_dir, self.history, self.where, self.data = cfg, ckpt_dir, history, where, data
+
+    def __call__(self, epoch_report: dict, model) -> None:
+        self.history.append(epoch_report)
+        with atomic_path(self.ckpt_dir / HISTORY) as tmp:
+            tmp.write_text(json.dumps(self.history, default=float))
+        # Ray's progress table shows the first four metrics of a result: validation first.
+        first = [k for k in ("val_score", "val_image_auroc", "val_pixel_auroc", "loss") if k in epoch_report]
+        metrics = {k: float(epoch_report[k]) for k in first}
+        metrics.update({k: float(v) for k, v in epoch_report.items()
+                        if isinstance(v, (int, float)) and k not in metrics})
+        metrics.update(self.where, device=str(next(model.parameters()).device))
+        if epoch_report["epoch"] == self.cfg.train.epochs:
+            metrics.update(self.test_metrics(model))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.ckpt_dir)))
+
+    def test_metrics(self, model) -> dict:
+        """The trained model on the test split (``test_*``; reported, never used to select)."""
+        if self.data is not None and self.data.test is not None:
+            samples = self.data.test
+        else:  # --no-shared-features: this node reads the test images itself
+            samples = make_splits(load_index(self.cfg.data), self.cfg.data).test
+        if not samples:
+            return {}
+        t = time.perf_counter()
+        test = evaluate(model, self.cfg, samples, next(model.parameters()).device).metrics
+        return {**{f"test_{k}": v for k, v in test.items() if "/" not in k}, "test_s": time.perf_counter() - t}
 
 
 def release_memory() -> None:
