@@ -110,4 +110,8 @@ def report(options, outcomes: list, confirm: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ImportError as exc:  # the sweep without its extra (ssnf.tune names it), or a broken install: one line
+        print(f"tune_main: error: {exc}", file=sys.stderr)
+        sys.exit(2)
