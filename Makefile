@@ -13,7 +13,7 @@ TEST_WEIGHTS := mobilenetv2_100 tf_efficientnet_lite0 tf_efficientnet_lite1 tf_e
 .PHONY: test demo setup weights models bench lock clean
 
 test: weights
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The embedded default: demo data (generated if missing) + a small smoke sweep on local Ray, a few
 # minutes on 2 cores; prints the best configuration per category and where the Parquet results are.

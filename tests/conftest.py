@@ -55,15 +55,19 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-# -- parallel workers (pytest-xdist, `make test` runs `-n auto --dist loadgroup`) ---------------------------------
-# Tests marked `ray_cluster` start Ray (a local session or a loopback cluster of several nodes): they share one
-# worker, one at a time, so two Ray sessions never compete for the cores their placement tests count on. Every
-# other test spreads over the workers. Each worker's own torch runs on one thread: the workers are the parallelism.
+# -- parallel workers (pytest-xdist: `make test` runs `-n auto`) --------------------------------------------------
+# The modules marked `ray_cluster` start Ray (a local session or a loopback cluster of several nodes): they form one
+# unit of work, run by one worker one test at a time, so two Ray sessions never compete for the cores their
+# placement tests count on. Every other module is a unit of its own (its module-scoped fixtures, e.g. a trained
+# detector, are built once). Each worker's torch runs on one thread: the workers are the parallelism.
+# (xdist's own `--dist loadgroup` cannot be used: it renames node ids, which pytest 9 no longer allows.)
+RAY_MODULES = ("tests/test_cluster.py", "tests/test_sweep.py")
+
 
 def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if item.get_closest_marker("ray_cluster") is not None:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    marked = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("ray_cluster")}
+    if marked - set(RAY_MODULES):
+        raise pytest.UsageError(f"add {sorted(marked - set(RAY_MODULES))} to RAY_MODULES in tests/conftest.py")
 
 
 def pytest_configure(config) -> None:
@@ -71,3 +75,19 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # plain pytest, no workers
+    LoadScopeScheduling = None
+else:
+    class RayOnOneWorker(LoadScopeScheduling):
+        """xdist's load-by-module scheduling, with every Ray module in one unit (largest units first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "ray" if module in RAY_MODULES else module
+
+    def pytest_xdist_make_scheduler(config, log):
+        return RayOnOneWorker(config, log)

@@ -66,9 +66,10 @@ def start_ray(options: SweepOptions) -> None:
             probe_address(options.address)
             ray.init(address=options.address, logging_level=logging.WARNING,
                      runtime_env=trial_runtime_env(options.trial_niceness))
-        else:  # a private local cluster on the loopback interface, no dashboard
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-                     runtime_env=trial_runtime_env(options.trial_niceness))
+        else:  # a private local cluster on the loopback interface, no dashboard; "local": a new one, never a
+            # `ray start` cluster that happens to run on this machine (ray.init() without an address joins it)
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=logging.WARNING, runtime_env=trial_runtime_env(options.trial_niceness))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     check_resources(options, [n.get("Resources", {}) for n in nodes] + launchable_node_types())
     check_storage(options, {n.get("NodeManagerAddress", "") for n in nodes}, _driver_ip())
