@@ -25,11 +25,8 @@ from ssnf.predict import read_map_png16
 from ssnf.threshold import (MIN_EXCEEDANCES, Threshold, f1_threshold, fit_threshold, gumbel_quantile,
                             image_threshold, pixel_from_tail, pixel_tail)
 from ssnf.training import train
+from tests.helpers.cli import run_cli as _ssnf  # ssnf ARGS in this process (tests/test_cli.py: as a subprocess)
 from tests.helpers.tiny import train_tiny
-
-
-def _ssnf(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ssnf", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 # -- thresholds ------------------------------------------------------------------------------------------------
