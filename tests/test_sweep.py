@@ -25,6 +25,7 @@ from ssnf.tune.options import SweepOptions  # noqa: E402
 from ssnf.tune.report import best_table  # noqa: E402
 from ssnf.tune.run import run_sweep  # noqa: E402
 from tests.conftest import SWEEP_SETS  # noqa: E402
+from tests.helpers.cli import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_SETS = SWEEP_SETS
@@ -326,10 +327,10 @@ def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_
     write_selection(confirmed, tmp_path / "best2")
 
     out = tmp_path / "run"
-    env = {**os.environ, "SSNF_FEATURES_DIR": str(ray_session)}
-    done = subprocess.run([sys.executable, "-m", "ssnf", "train", "--config", str(tmp_path / "best2" / "washer.yaml"),
-                           "--out", str(out), "--no-test", "--quiet"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSNF_FEATURES_DIR", str(ray_session))
+        done = run_cli("train", "--config", str(tmp_path / "best2" / "washer.yaml"), "--out", str(out), "--no-test",
+                       "--quiet", cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     import yaml
 
