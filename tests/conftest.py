@@ -56,10 +56,11 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 # -- parallel workers (pytest-xdist: `make test` runs `-n auto`) --------------------------------------------------
-# The modules marked `ray_cluster` start Ray (a local session or a loopback cluster of several nodes): they form one
-# unit of work, run by one worker one test at a time, so two Ray sessions never compete for the cores their
-# placement tests count on. Every other module is a unit of its own (its module-scoped fixtures, e.g. a trained
-# detector, are built once). Each worker's torch runs on one thread: the workers are the parallelism.
+# The modules marked `ray_cluster` start Ray (a local session, or a loopback cluster of several nodes): each is one
+# unit of work, run by one worker one test at a time, and they are handed out first (they are the longest). Every
+# other module is a unit of its own (its module-scoped fixtures, e.g. a trained detector, are built once). Each
+# worker's torch runs on one thread: the workers are the parallelism. A local session is always a new one
+# (`address="local"`), so it never joins another worker's loopback cluster.
 # (xdist's own `--dist loadgroup` cannot be used: it renames node ids, which pytest 9 no longer allows.)
 RAY_MODULES = ("tests/test_cluster.py", "tests/test_sweep.py")
 
@@ -68,6 +69,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     marked = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("ray_cluster")}
     if marked - set(RAY_MODULES):
         raise pytest.UsageError(f"add {sorted(marked - set(RAY_MODULES))} to RAY_MODULES in tests/conftest.py")
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in RAY_MODULES)  # stable: Ray modules first
 
 
 def pytest_configure(config) -> None:
@@ -82,12 +84,12 @@ try:
 except ImportError:  # plain pytest, no workers
     LoadScopeScheduling = None
 else:
-    class RayOnOneWorker(LoadScopeScheduling):
-        """xdist's load-by-module scheduling, with every Ray module in one unit (largest units first)."""
+    class ModuleScheduling(LoadScopeScheduling):
+        """xdist's load-by-module scheduling, units handed out in collection order (the Ray modules first)."""
 
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "ray" if module in RAY_MODULES else module
+            return nodeid.split("::")[0]
 
     def pytest_xdist_make_scheduler(config, log):
-        return RayOnOneWorker(config, log)
+        config.option.loadscopereorder = False
+        return ModuleScheduling(config, log)

@@ -46,7 +46,7 @@ def ray_session(tmp_path_factory):
     features = tmp_path_factory.mktemp("features")
     old = os.environ.get("SSNF_FEATURES_DIR")
     os.environ["SSNF_FEATURES_DIR"] = str(features)  # workers inherit the driver's environment
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
              runtime_env=trial_runtime_env(),
              log_to_driver=False)
     yield features
