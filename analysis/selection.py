@@ -152,8 +152,8 @@ def _with_baseline(trials: pd.DataFrame, everyone: pd.DataFrame, confirm: pd.Dat
     base = sweep[sweep.apply(is_baseline, axis=1)] if len(sweep) else sweep
     base = base[base["category"].isin(set(everyone["category"]))]
     # several sweeps of a category each ran the default: one of them stands for it, a confirmed one if any
-    base = base.assign(_confirmed=[(e, t) in set(zip(confirm["confirms_experiment"], confirm["confirms"]))
-                                   for e, t in zip(base["experiment"], base["trial_id"])])
+    confirmed = set(zip(confirm["confirms_experiment"], confirm["confirms"]))
+    base = base.assign(_confirmed=[(e, t) in confirmed for e, t in zip(base["experiment"], base["trial_id"])])
     base = base.sort_values(["_confirmed", "started_at"], ascending=[False, True]).drop_duplicates("category")
     base = base.drop(columns="_confirmed")
     extra = base[~base["trial_id"].isin(set(everyone["trial_id"]))].copy()

@@ -81,8 +81,8 @@ def pytest_configure(config) -> None:
 
 try:
     from xdist.scheduler import LoadScopeScheduling
-except ImportError:  # plain pytest, no workers
-    LoadScopeScheduling = None
+except ImportError:  # plain pytest, no workers: nothing to schedule
+    pass
 else:
     class ModuleScheduling(LoadScopeScheduling):
         """xdist's load-by-module scheduling, units handed out in collection order (the Ray modules first)."""
