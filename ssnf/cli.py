@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ssnf.errors import SSNFError
+from ssnf.flags import value_kwargs
 
 
 def _weights_fetch(args: argparse.Namespace) -> int:
@@ -284,11 +285,10 @@ def _dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str, ke
     file's or the dataclass's value stands)."""
     hints, defaults = typing.get_type_hints(cls), cls()
     for key in keys:
-        tp = hints[key]
-        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
-        parser.add_argument(f"--{key.replace('_', '-')}", dest=prefix + key, default=None, choices=choices,
-                            type=type(choices[0]) if choices else tp, metavar=None if choices else key.upper(),
-                            help=f"{what}{key} (default {getattr(defaults, key)})")
+        kwargs = value_kwargs(hints[key])
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=prefix + key, default=None,
+                            metavar=None if "choices" in kwargs else key.upper(),
+                            help=f"{what}{key} (default {getattr(defaults, key)})", **kwargs)
 
 
 def _flag_values(args: argparse.Namespace, prefix: str) -> dict[str, Any]:

@@ -9,11 +9,11 @@ Every option is spelled once, as a field: its type (a ``Literal`` holds the choi
 from __future__ import annotations
 
 import argparse
-import types
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 from ssnf.errors import SSNFError
+from ssnf.flags import value_kwargs
 from ssnf.tune.search import BUDGETS, OBJECTIVES, SCHEDULERS, SEARCHERS, Scheduler, Searcher, parse_objectives
 
 
@@ -87,7 +87,7 @@ def add_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, str] | Non
         if hint is bool:
             kwargs["action"] = "store_false" if f.default else "store_true"
         else:
-            kwargs.update(_value_kwargs(hint), metavar=f.metadata.get("metavar"))
+            kwargs.update(value_kwargs(hint), metavar=f.metadata.get("metavar"))
         parser.add_argument(f.metadata.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
 
 
@@ -95,20 +95,6 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     """The ``SweepOptions`` fields whose flag was on the command line (``add_flags``), with their values."""
     return {f.name: getattr(args, f.name) for f in fields(SweepOptions)
             if "help" in f.metadata and getattr(args, f.name, None) is not None}
-
-
-def _value_kwargs(hint) -> dict[str, Any]:
-    if get_origin(hint) is Literal:
-        return {"type": str, "choices": get_args(hint)}
-    if get_origin(hint) is list:
-        return {"type": _comma_list}
-    if get_origin(hint) in (Union, types.UnionType):  # X | None
-        (hint,) = [a for a in get_args(hint) if a is not type(None)]
-    return {"type": hint}
-
-
-def _comma_list(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
 
 
 def _default_text(f: Field) -> str:
