@@ -37,6 +37,9 @@ from ssnf.scoring import Sources, needs, resolve, resolved_kinds, score
 METADATA_KEY = "ssnf"  # exported files: the JSON of ``Detector.metadata()`` under this key
 EXPORT_FORMAT = "ssnf-export/1"
 EXPORT_PRECISION = "fp32"  # exported files compute in float32 (autocast does not export)
+# a loaded detector computes in float32 by default whatever train.precision was, so that a checkpoint and its
+# exported file give the same scores and verdicts (bf16 and fp32 scores of one model differ: docs/benchmarks.md)
+DEPLOY_PRECISION = EXPORT_PRECISION
 
 
 class InferencePath(nn.Module):
@@ -86,14 +89,16 @@ class Backend(Protocol):
 
 
 class EagerBackend:
-    """The PyTorch model through ``InferencePath``, in ``train.precision`` (``model.set_precision`` changes it)."""
+    """The PyTorch model through ``InferencePath``, in ``precision`` (default ``train.precision``;
+    ``model.set_precision`` changes it)."""
 
     name = "pytorch"
 
-    def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
+                 precision: str | None = None) -> None:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
-        self.model.set_precision(cfg.train.precision)
+        self.model.set_precision(precision or cfg.train.precision)
         self.path = InferencePath(self.model, resolve(cfg.scoring, model.scoring), cfg.data.image_size)
         self.scoring: ScoringConfig = self.path.scoring
 

@@ -9,7 +9,7 @@
     ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N] [--set scoring.KEY=VALUE]
     ssnf predict (--checkpoint FILE | --models DIR --category C) INPUT... --out DIR [--fpr F] [--device D]
     ssnf export --checkpoint FILE --format onnx|torchscript --out FILE
-    ssnf calibrate --checkpoint FILE [--fpr F] [--pixel-fpr F] [--threshold-method M]
+    ssnf calibrate --checkpoint FILE [--normals FOLDER|GLOB ...] [--fpr F] [--pixel-fpr F] [--delta D]
 
 User errors end in one line on stderr (``ssnf: error: ...``) and exit status 2; ``ssnf predict`` exits 1 when
 some inputs could not be read (they are rows of its table, with their error). ``--config`` / ``--set`` are read
@@ -99,6 +99,13 @@ def _train(args: argparse.Namespace) -> int:
     resume = out / "checkpoint.pt" if args.resume else None
     if resume is not None and not resume.is_file():
         raise SSNFError(f"--resume: no checkpoint at {resume}")
+    calibration = None
+    if args.calibration_normals:  # too few for the promise asked: refused before training, not after
+        from ssnf.calibration import check_count, wanted
+
+        explicit = any(item.split("=")[0].strip() == "threshold.method" for item in args.set)
+        calibration = wanted(cfg.threshold, method=cfg.threshold.method if explicit else None, normals=True)
+        check_count(args.calibration_normals, calibration)
     # config.yaml once every check has passed: a refused run leaves nothing behind
     result = train(cfg, out_dir=out, resume=resume, progress=not args.quiet,
                    on_start=functools.partial(save_config, out / "config.yaml", cfg))
@@ -107,6 +114,14 @@ def _train(args: argparse.Namespace) -> int:
                "timings": result.timings,
                "splits": {"train": len(result.splits.train), "val": len(result.splits.val),
                           "test": len(result.splits.test)}}
+    if calibration is not None:
+        from ssnf.calibration import calibrate_on_normals, report
+        from ssnf.inference import Detector
+
+        detector = Detector.load(out / "checkpoint.pt")
+        normals = calibrate_on_normals(detector, args.calibration_normals, calibration)
+        result.model.thresholds = detector.thresholds
+        print("\n".join(report(detector, normals)))
     if not args.no_test and result.splits.test:
         payload["test"] = evaluate(result.model, cfg, result.splits.test, next(result.model.parameters()).device,
                                    progress=not args.quiet).metrics
@@ -122,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     if scoring is not None:
         print(f"scoring chosen on validation: pixel map {scoring['map']}, image score "
               f"{scoring['image_score']} of the {image_map_kind(result.model.scoring)} map")
-    if result.model.threshold is not None:
+    if result.model.threshold is not None and calibration is None:
         print(result.model.threshold.describe())
     if "test" in payload:
         print("test (reported, never used to choose): " + ", ".join(
@@ -194,29 +209,34 @@ def _detector(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(args.threads)
-    detector = Detector.load(model_file(args), args.device, batch_size=args.batch_size, threads=args.threads)
+    detector = Detector.load(model_file(args), args.device, batch_size=args.batch_size, threads=args.threads,
+                             precision=args.precision)
     return detector.with_threshold(args.fpr, args.pixel_fpr, args.threshold_method)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ssnf.predict import Outputs, check_out, collect_inputs, run_predict
+    from ssnf.predict import Outputs, check_out, collect_inputs, drift_mode, run_predict
 
     check_out(Path(args.out), args.overwrite)  # before the model loads: a refused folder costs nothing
     inputs = collect_inputs(args.inputs, exclude=Path(args.out))
     detector = _detector(args)
+    drift = drift_mode(detector, args.drift)
     if detector.threshold is None:
         print(f"note: {detector.source} has no threshold (trained before thresholds were kept): scores and maps "
               "only; ssnf calibrate --checkpoint ... sets one", file=sys.stderr)
     else:
         print(detector.threshold.describe())
     outputs = Outputs(maps=args.maps, overlays=not args.no_overlays, masks=not args.no_masks)
-    run = run_predict(detector, inputs, Path(args.out), outputs, progress=not args.quiet, overwrite=args.overwrite)
+    run = run_predict(detector, inputs, Path(args.out), outputs, progress=not args.quiet, overwrite=args.overwrite,
+                      drift_level=args.alarm_level if drift else None)
     ok, failed, skipped = run.count("ok"), run.count("failed"), run.count("skipped")
     verdicts = f"{run.anomalous} anomalous, {ok - run.anomalous} normal" if detector.threshold is not None else "no verdicts"
     print(f"{ok} images scored ({verdicts}), {failed} failed, {skipped} skipped (not images) in {run.wall_s:.1f} s; "
           f"wrote {Path(args.out) / 'predictions.parquet'} (and .csv, run.json)")
     for row in [r for r in run.rows if r["status"] == "failed"][:5]:
         print(f"  failed: {row['error']}", file=sys.stderr)
+    if run.drift is not None:
+        print("\n".join(run.drift.lines()), file=sys.stderr if run.drift.fired else sys.stdout)
     return 1 if failed else 0
 
 
@@ -236,36 +256,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from ssnf.checkpoint import set_thresholds
-    from ssnf.config import ThresholdConfig
-    from ssnf.data.layouts import load_index
-    from ssnf.data.splits import make_splits
-    from ssnf.features import load_images
+    from ssnf.calibration import calibrate_on_normals, calibrate_on_validation, report, wanted
     from ssnf.inference import Detector
-    from ssnf.prepared import build_validation
 
-    path = Path(args.checkpoint)
-    detector = Detector.load(path)
-    model = detector.eager("calibrate").model
-    cfg = detector.cfg
-    data = dataclasses.replace(cfg.data, root=args.data_root or cfg.data.root)
-    splits = make_splits(load_index(data), data)
-    if len(splits.val) < 2:
-        raise SSNFError(f"{len(splits.val)} validation images for {data.category}: thresholds need at least 2 "
-                        "validation normals")
-    validation = build_validation(model.extractor, load_images(splits.val, data.image_size), data.seed,
-                                  detector.device, data.reference)
-    base = cfg.threshold
-    wanted = ThresholdConfig(fpr=args.fpr or base.fpr, pixel_fpr=args.pixel_fpr or base.pixel_fpr,
-                             method=args.threshold_method or base.method)
-    wanted.validate()
-    detector.calibrate(validation, wanted)
-    set_thresholds(path, detector.thresholds, wanted)
-    for threshold in detector.thresholds.values():
-        print(threshold.describe())
-    print(f"wrote the thresholds into {path}")
+    detector = Detector.load(Path(args.checkpoint))
+    cfg = wanted(detector.cfg.threshold, args.fpr, args.pixel_fpr, args.threshold_method, args.delta,
+                 normals=bool(args.normals))
+    if args.normals:
+        normals = calibrate_on_normals(detector, args.normals, cfg)
+    else:
+        normals = calibrate_on_validation(detector, cfg, args.data_root)
+    print("\n".join(report(detector, normals)))
+    print(f"wrote the thresholds into {args.checkpoint}")
     return 0
 
 
@@ -275,7 +277,7 @@ def _threshold_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fpr", type=float, help="image false-positive rate on normals (default: the model's, 0.01)")
     parser.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate for the masks (default: the model's)")
     parser.add_argument("--threshold-method", choices=typing.get_args(ThresholdMethod),
-                        help="how the image quantile is estimated (default: the model's, auto)")
+                        help="how the image threshold is set (default: the model's; calibrate --normals: conformal)")
 
 
 def _dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str, keys: Sequence[str],
@@ -348,6 +350,8 @@ def _training_parsers(sub) -> None:
     tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     tr.add_argument("--no-test", action="store_true", help="skip the test-split metrics at the end")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.add_argument("--calibration-normals", nargs="+", metavar="FOLDER|GLOB",
+                    help="after training, set the thresholds on these good parts (as ssnf calibrate --normals)")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="score a checkpoint on its test split; write overlays")
@@ -363,7 +367,7 @@ def _training_parsers(sub) -> None:
 
 
 def _deployment_parsers(sub) -> None:
-    from ssnf.config import Device, ExportFormat, MapFormat
+    from ssnf.config import Device, ExportFormat, MapFormat, Precision
 
     pr = sub.add_parser("predict", help="score image files, folders or globs; maps, overlays, masks, one table")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
@@ -375,6 +379,13 @@ def _deployment_parsers(sub) -> None:
     _threshold_flags(pr)
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--device", default="auto", choices=typing.get_args(Device))
+    pr.add_argument("--precision", default="fp32", choices=typing.get_args(Precision),
+                    help="a checkpoint's arithmetic: fp32 (default) decides as its exported files do; bf16 is "
+                         "faster where the hardware has it, with its own thresholds")
+    pr.add_argument("--drift", default="auto", choices=("auto", "on", "off"),
+                    help="compare the run's images with the calibration normals (auto: where the model keeps them)")
+    pr.add_argument("--alarm-level", type=float, default=0.01,
+                    help="the drift alarm's false-alarm rate on good parts like the calibration normals")
     pr.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's / onnxruntime's default)")
     pr.add_argument("--maps", default="png16", choices=typing.get_args(MapFormat),
                     help="anomaly maps as 16-bit PNG (range in the table), float32 .npy, or none")
@@ -391,9 +402,14 @@ def _deployment_parsers(sub) -> None:
     _threshold_flags(ex)
     ex.set_defaults(func=_export)
 
-    ca = sub.add_parser("calibrate", help="set a checkpoint's thresholds from its validation normals")
+    ca = sub.add_parser("calibrate", help="set a checkpoint's thresholds from good parts (default: its validation "
+                                          "normals)")
     ca.add_argument("--checkpoint", required=True)
-    ca.add_argument("--data-root", help="where the dataset is now, if it moved")
+    ca.add_argument("--normals", nargs="+", metavar="FOLDER|GLOB",
+                    help="the line's good parts (files, folders, globs): thresholds with a stated promise")
+    ca.add_argument("--delta", type=float,
+                    help="conformal: the promise holds with probability >= 1 - delta (default: the model's, 0.05)")
+    ca.add_argument("--data-root", help="without --normals: where the dataset is now, if it moved")
     _threshold_flags(ca)
     ca.set_defaults(func=_calibrate)
 

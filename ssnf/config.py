@@ -38,7 +38,7 @@ FusedKind = Literal["fused25", "fused50", "fused75"]
 BankKind = Literal["knn", FusedKind]
 MapKind = Literal[FlowKind, BankKind]
 ImageScore = Literal["max", "topk"]
-ThresholdMethod = Literal["auto", "empirical", "gumbel", "normal", "f1"]
+ThresholdMethod = Literal["auto", "conformal", "empirical", "gumbel", "normal", "f1"]
 Device = Literal["auto", "cpu", "cuda"]  # train.device, ssnf predict --device
 Precision = Literal["fp32", "bf16"]
 Blend = Literal["poisson", "feather", "paste"]
@@ -238,12 +238,17 @@ class ThresholdConfig:
     ``fpr``: the share of normal images the image threshold may flag; ``pixel_fpr``: the share of normal pixels
     the masks may mark. ``method``: how the image quantile is estimated from a few dozen normals (``auto``:
     the empirical quantile when at least 10 normals lie beyond it, else a fitted Gumbel tail); ``f1``: F1-max
-    on the validation reference anomalies instead (synthetic defects; off by default). ``ssnf predict --fpr``
-    re-reads both from the normals kept in the checkpoint."""
+    on the validation reference anomalies instead (synthetic defects; off by default); ``conformal``: an order
+    statistic of the normals' scores with a stated promise (image FPR <= ``fpr`` with probability >= 1 - ``delta``;
+    pixel FPR <= ``pixel_fpr`` in expectation), refused in one line where the normals are too few for the request
+    (``ssnf calibrate --normals``: the line's good images, any number). ``ssnf predict --fpr`` re-reads both from
+    the normals kept in the checkpoint."""
 
     fpr: float = 0.01
     pixel_fpr: float = 0.01
     method: ThresholdMethod = "auto"
+    # conformal: the promise holds with probability >= 1 - delta over the draw of the calibration normals
+    delta: float = 0.05
 
     def validate(self) -> None:
         check_choices(self, "threshold")
@@ -251,6 +256,8 @@ class ThresholdConfig:
             value = getattr(self, key)
             if not 1e-6 <= value < 0.5:
                 raise ConfigError(f"threshold.{key}={value} must lie in [1e-6, 0.5)")
+        if not 1e-6 <= self.delta < 0.5:
+            raise ConfigError(f"threshold.delta={self.delta} must lie in [1e-6, 0.5)")
 
 
 @dataclass

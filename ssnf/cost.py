@@ -3,8 +3,9 @@
 Cost does not depend on trained weights: ``measure_cost(cfg)`` builds the config's detector with random
 weights (the backbone's architecture without its pretrained file, the flows at their initialisation, the
 memory bank given or one of the size the config allows) and times it through ``ssnf.inference.Detector``,
-the path ``ssnf predict`` runs: ``uint8`` images at the model's size in, scores and maps out, in the model's
-arithmetic (``train.precision``), on this process's threads. Reported: parameters (backbone and flows),
+the path ``ssnf predict`` runs: ``uint8`` images at the model's size in, scores and maps out, in the arithmetic
+a deployed detector computes in (``backends.DEPLOY_PRECISION``, float32, whatever ``train.precision``), on this
+process's threads. Reported: parameters (backbone and flows),
 the memory bank's entries, GFLOP per image (``torch.utils.flop_counter``, batch 1) and milliseconds per image
 at batch 1 and batch 32 (on one CPU thread in the process's CPU time, so that other processes sharing the
 core do not inflate it; on several threads or a GPU in wall-clock time; the fastest of three timed passes of 4 images after two warm-up images at batch 1,
@@ -92,6 +93,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
     import numpy as np
     import torch
 
+    from ssnf.backends import DEPLOY_PRECISION
     from ssnf.inference import Detector
     from ssnf.model.bank import MemoryBank
     from ssnf.model.detector import SSNFModel
@@ -104,7 +106,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
             dims = sum(model.extractor.channels)
             bank = MemoryBank(torch.randn(bank_entries or cfg.bank.max_entries, dims), cfg.bank.neighbourhood)
         model.attach_bank(bank)
-    detector = Detector.from_model(model, cfg, device, batch_size=max(BATCHES))
+    detector = Detector.from_model(model, cfg, device, batch_size=max(BATCHES), precision=DEPLOY_PRECISION)
     size = cfg.data.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(BATCHES), size, size, 3), dtype=np.uint8)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssnf.backends import DEPLOY_PRECISION
 from ssnf.config import ScoringConfig, SSNFConfig, to_dict
 from ssnf.data.dataset import DecodedSplit, load_pair
 from ssnf.data.layouts import ANOMALOUS, Sample
@@ -39,8 +40,11 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | DecodedSplit,
-             device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = False) -> Evaluation:
-    """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC.
+             device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = False,
+             precision: str = DEPLOY_PRECISION) -> Evaluation:
+    """Image and (where masks exist) pixel metrics of ``model`` on ``samples``, plus per-defect image AUROC, in
+    ``precision`` (default: the arithmetic a loaded detector and its exported files compute in; the model's own
+    precision is restored after).
 
     ``samples``: the split's files (read batch by batch), or the split already decoded at
     ``cfg.data.image_size`` (a sweep's trial on a node that has no copy of the dataset).
@@ -49,7 +53,17 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     samples = list(decoded.samples if decoded is not None else samples)
     if not samples:
         raise DataError(f"no test images for {cfg.data.category}: nothing to evaluate")
-    detector = Detector.from_model(model, cfg, device, batch_size)
+    own = model.precision
+    try:
+        return _evaluate(Detector.from_model(model, cfg, device, batch_size, precision=precision), samples, decoded,
+                         batch_size, progress)
+    finally:
+        model.set_precision(own)
+
+
+def _evaluate(detector: Detector, samples: list[Sample], decoded: DecodedSplit | None, batch_size: int,
+              progress: bool) -> Evaluation:
+    cfg = detector.cfg
     size = cfg.data.image_size
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):

@@ -22,12 +22,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ssnf.backends import (EXPORT_FORMAT, EXPORT_PRECISION, Backend, EagerBackend, file_kind, open_file,
-                           pick_device)
+from ssnf.backends import (DEPLOY_PRECISION, EXPORT_FORMAT, EXPORT_PRECISION, Backend, EagerBackend, file_kind,
+                           open_file, pick_device)
 from ssnf.checkpoint import load_checkpoint
 from ssnf.config import ScoringConfig, SSNFConfig, ThresholdConfig, from_dict, to_dict
 from ssnf.data.dataset import resize_image
 from ssnf.data.io import open_image, to_uint8
+from ssnf.drift import image_stats
 from ssnf.errors import DataError, SSNFError
 from ssnf.model.detector import SSNFModel
 from ssnf.prepared import ValidationSet
@@ -39,6 +40,7 @@ class Prediction:
     scores: np.ndarray  # [N] image scores (higher: more anomalous)
     maps: np.ndarray  # [N, S, S] float32 anomaly maps at the model's input size
     threshold: Threshold | None = None  # the detector's, when it has one
+    stats: dict[str, np.ndarray] | None = None  # per image brightness, contrast (ssnf.drift.image_stats)
 
     @property
     def anomalous(self) -> np.ndarray:
@@ -74,15 +76,19 @@ class Detector:
 
     @classmethod
     def from_model(cls, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
-                   batch_size: int = 32, source: Path | None = None) -> "Detector":
-        """``model`` through PyTorch (on ``device``, default: where it is), in ``cfg.train.precision``."""
-        return cls(EagerBackend(model, cfg, device), cfg, model.thresholds, batch_size, source)
+                   batch_size: int = 32, source: Path | None = None, precision: str | None = None) -> "Detector":
+        """``model`` through PyTorch (on ``device``, default: where it is), in ``precision`` (default
+        ``cfg.train.precision``: a model in training; what deploys computes in ``DEPLOY_PRECISION``)."""
+        return cls(EagerBackend(model, cfg, device, precision), cfg, model.thresholds, batch_size, source)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32,
-             threads: int = 0) -> "Detector":
+             threads: int = 0, precision: str = DEPLOY_PRECISION) -> "Detector":
         """The detector in ``path``: an ssnf checkpoint, or a file ``export`` wrote (ONNX or TorchScript).
-        ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA where this file's runtime can use it)."""
+        ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA where this file's runtime can use it). ``precision``: a
+        checkpoint's arithmetic, float32 by default whatever it was trained in (its exported files compute in
+        float32: the same scores and verdicts); ``bf16`` runs a checkpoint faster on hardware with bfloat16
+        arithmetic, with the thresholds set on bf16 scores (its verdicts then differ from the exported file's)."""
         path = Path(path)
         if not path.is_file():
             raise SSNFError(f"model file {path} does not exist")
@@ -90,7 +96,9 @@ class Detector:
         device = pick_device(device, kind)
         if kind == "checkpoint":
             ckpt = load_checkpoint(path, device)
-            return cls.from_model(ckpt.model, ckpt.config, device, batch_size, path)
+            return cls.from_model(ckpt.model, ckpt.config, device, batch_size, path, precision)
+        if precision != EXPORT_PRECISION:
+            raise SSNFError(f"{path} is an exported file: it computes in {EXPORT_PRECISION}, not {precision}")
         backend = open_file(path, kind, device, threads)
         meta = backend.metadata
         thresholds = {backend.precision: Threshold.from_dict(meta["threshold"])} if meta.get("threshold") else {}
@@ -156,7 +164,9 @@ class Detector:
         images = self.prepare(images)
         batches = [self.backend(images[start:start + self.batch_size])
                    for start in range(0, len(images), self.batch_size)]
-        return self._joined(batches)
+        prediction = self._joined(batches)
+        prediction.stats = image_stats(images)
+        return prediction
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The backend on one prepared batch (``uint8 [B, S, S, 3]``): ``(scores, maps)``; benchmarks time this."""
@@ -183,23 +193,37 @@ class Detector:
     # -- thresholds --------------------------------------------------------------------------------------
 
     def calibrate(self, validation: ValidationSet, cfg: ThresholdConfig | None = None) -> Threshold:
-        """Set the thresholds from a ``ValidationSet`` (its images through this very path: the normals' scores
-        and maps, the reference anomalies' scores for ``threshold.method=f1``), in the training precision and, when
-        that is not fp32, in fp32 too (what an exported file computes: bf16 and fp32 scores differ). Returns the
-        training precision's. Test images never come here."""
-        model = self.eager("calibrate").model
+        """Set the thresholds from a ``ValidationSet``: its clean normals (the nuisance normals are not the line as
+        it was: they are measured apart) and, for ``threshold.method=f1``, its reference anomalies. Test images
+        never come here."""
         if validation.images is None:
             raise SSNFError("this validation set keeps no images (a subset): build it with prepared.build_validation")
+        labels = np.asarray(validation.labels)
+        return self.calibrate_images(validation.images[validation.clean_normals], validation.images[labels == 1],
+                                     cfg)
+
+    def calibrate_images(self, normals: np.ndarray, anomalies: np.ndarray | None = None,
+                         cfg: ThresholdConfig | None = None, **about) -> Threshold:
+        """Set the thresholds from ``normals`` (images, as ``predict`` takes them) through this very path: their
+        scores, maps and image statistics (the drift alarm's reference), and ``anomalies``' scores (``f1``). In the
+        training precision and, when that is not fp32, in fp32 too (what deploys by default and what an exported
+        file computes: bf16 and fp32 scores differ). ``about``: where the normals came from (``Threshold``'s
+        ``source``, ``normals_from``, ``excluded``, ``channels``). Returns the threshold of this detector's
+        precision; nothing is set unless every precision's threshold could be."""
+        model = self.eager("calibrate").model
         cfg = cfg or self.cfg.threshold
-        normal = validation.clean_normals  # the nuisance normals are not the line as it was: they are measured apart
-        anomalous = np.asarray(validation.labels) == 1
-        own = self.cfg.train.precision
-        for precision in dict.fromkeys((own, EXPORT_PRECISION)):
-            model.set_precision(precision)
-            prediction = self.predict(validation.images)
-            self.threshold = fit_threshold(prediction.scores[normal], prediction.scores[anomalous],
-                                           prediction.maps[normal], cfg, precision, to_dict(self.scoring))
-        model.set_precision(own)
+        own, current = self.cfg.train.precision, model.precision
+        fitted = {}
+        try:
+            for precision in dict.fromkeys((own, EXPORT_PRECISION)):
+                model.set_precision(precision)
+                normal = self.predict(normals)
+                anomalous = self.predict(anomalies if anomalies is not None else [])
+                fitted[precision] = fit_threshold(normal.scores, anomalous.scores, normal.maps, cfg, precision,
+                                                  to_dict(self.scoring), normal.stats, **about)
+        finally:
+            model.set_precision(current)
+        self.thresholds.update(fitted)
         return self.threshold
 
     def with_threshold(self, fpr: float | None = None, pixel_fpr: float | None = None,

@@ -9,7 +9,8 @@ the pixel threshold). Output files mirror the inputs' paths below their common f
 recursively, leaving out hidden entries, the output folder and earlier runs' folders.
 
 One table for the run, ``predictions.parquet`` and ``predictions.csv`` (``COLUMNS``), written also when a run
-is interrupted (the rows done so far), and ``run.json`` (the model, its threshold and what it rests on, counts).
+is interrupted (the rows done so far), and ``run.json`` (the model, its threshold, what it rests on and what it
+promises, counts, and the drift check of the run's images against the calibration normals: ``ssnf.drift``).
 A file that cannot be decoded is a row with ``status=failed`` and its error, and the run goes on; a file in a
 folder that is not an image by its extension is a row with ``status=skipped``. An output folder that holds
 another run's table is refused unless ``overwrite``.
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from ssnf.config import MapFormat
 from ssnf.data.io import IMAGE_EXTENSIONS, open_image
+from ssnf.drift import STATS, DriftReport, check
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 from ssnf.evaluate import overlay
@@ -192,6 +194,7 @@ class PredictRun:
     rows: list[dict]
     out: Path
     wall_s: float
+    drift: DriftReport | None = None  # the drift check of the scored images (None: not asked)
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
@@ -205,16 +208,28 @@ def _row(path: Path) -> dict:
     return dict.fromkeys(COLUMNS) | {"path": str(path)}
 
 
+def drift_mode(detector: Detector, mode: str) -> bool:
+    """``ssnf predict --drift auto|on|off`` -> whether to run the drift check (``on`` without the calibration
+    normals it needs: one line, before any image is scored)."""
+    keeps = detector.threshold is not None and bool(detector.threshold.normal_scores)
+    if mode == "on" and not keeps:
+        raise SSNFError(f"--drift on: {detector.source} keeps no calibration normals to compare with: calibrate it "
+                        "(ssnf calibrate --checkpoint ... [--normals ...]), or pass --drift off")
+    return keeps and mode != "off"
+
+
 def run_predict(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs | None = None,
-                progress: bool = False, overwrite: bool = False) -> PredictRun:
+                progress: bool = False, overwrite: bool = False, drift_level: float | None = None) -> PredictRun:
     """Score every input with ``detector``; write the per-image files, the table and ``run.json`` in ``out``.
-    Rows keep the inputs' order; a file that fails (decoding, a non-finite score, writing) is a ``failed`` row."""
+    Rows keep the inputs' order; a file that fails (decoding, a non-finite score, writing) is a ``failed`` row.
+    ``drift_level``: check the scored images against the calibration normals at this level (``ssnf.drift``)."""
     out = Path(out)
     check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     writer = Writer(out, inputs.root, detector, outputs or Outputs())
     threshold = detector.threshold
     rows: list[dict] = []
+    seen: dict[str, list] = {"scores": []} | {name: [] for name in STATS}  # the drift check's inputs
     t_start = time.perf_counter()
     bar = tqdm(total=len(inputs.images), desc="predict", unit="image", disable=not progress)
     try:
@@ -235,8 +250,13 @@ def run_predict(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs 
                 t = time.perf_counter()
                 prediction = detector.predict(list(decoded.values()))
                 per_image = 1e3 * (time.perf_counter() - t) / len(decoded)
-                for (i, image), score, small in zip(decoded.items(), prediction.scores, prediction.maps):
+                for j, ((i, image), score, small) in enumerate(zip(decoded.items(), prediction.scores,
+                                                                   prediction.maps)):
                     _finish(batch[i], image, float(score), small, per_image, threshold, writer)
+                    if np.isfinite(score):
+                        seen["scores"].append(float(score))
+                        for name in STATS:
+                            seen[name].append(float(prediction.stats[name][j]))
             rows += batch
             bar.update(len(batch))
     finally:
@@ -244,6 +264,9 @@ def run_predict(detector: Detector, inputs: Inputs, out: Path, outputs: Outputs 
         rows += [_row(p) | {"status": "skipped", "error": f"not an image file by its extension ({p.suffix or 'none'})"}
                  for p in inputs.skipped]
         run = PredictRun(rows, out, time.perf_counter() - t_start)
+        if drift_level is not None:
+            run.drift = check(threshold, np.asarray(seen["scores"]), {k: np.asarray(seen[k]) for k in STATS},
+                              drift_level)
         write_table(run, detector, len(inputs.images))
     return run
 
@@ -282,11 +305,15 @@ def write_table(run: PredictRun, detector: Detector, planned: int) -> None:
     threshold = detector.threshold
     summary = {"model": str(detector.source), "backend": detector.backend.name, "device": str(detector.device),
                "batch_size": detector.batch_size, "category": detector.cfg.data.category,
-               "image_size": detector.size, "threshold": None if threshold is None else {
+               "image_size": detector.size, "precision": detector.backend.precision,
+               "threshold": None if threshold is None else {
                    "image": threshold.image, "pixel": threshold.pixel, "fpr": threshold.fpr,
                    "pixel_fpr": threshold.pixel_fpr, "method": threshold.method, "n_normals": threshold.n_normals,
+                   "delta": threshold.delta, "promise": threshold.promise(), "source": threshold.source,
+                   "normals_from": threshold.normals_from, "excluded": threshold.excluded,
                    "describe": threshold.describe()},
                "planned": planned, "ok": run.count("ok"), "failed": run.count("failed"),
-               "skipped": run.count("skipped"), "anomalous": run.anomalous, "wall_s": run.wall_s}
+               "skipped": run.count("skipped"), "anomalous": run.anomalous, "wall_s": run.wall_s,
+               "drift": None if run.drift is None else run.drift.to_dict()}
     with atomic_path(run.out / "run.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

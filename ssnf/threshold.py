@@ -15,7 +15,19 @@ normals the empirical 99th percentile is the maximum, whatever the tail looks li
 - ``normal``: a Gaussian fit (mean + z * standard deviation): lighter-tailed, for comparison;
 - ``empirical``: the sample quantile (the ``higher`` value: no more than ``fpr`` of the normals lie above it);
 - ``f1`` (off by default): the score with the best F1 between the validation normals and the validation
-  reference anomalies (``ssnf.synthesis.reference``): synthetic defects, so it rests on what the recipe draws.
+  reference anomalies (``ssnf.synthesis.reference``): synthetic defects, so it rests on what the recipe draws;
+- ``conformal``: a threshold with a stated promise, for calibration on the line's own good images (``ssnf
+  calibrate --normals``). The image threshold is the k-th smallest of the n normals' scores, k the smallest rank
+  with ``P(Binomial(n, 1 - fpr) <= k - 1) >= 1 - delta``: for normals exchangeable with the line's future good
+  parts, their false-positive rate is at most ``fpr`` with probability at least ``1 - delta`` over the draw of
+  the calibration set (the order statistic's coverage is Beta-distributed; Vovk 2012, "training-conditional"
+  conformal prediction). Where even the maximum cannot promise it (``(1 - fpr) ** n > delta``: 299 normals for
+  1 % at delta 0.05, 59 for 5 %) it is refused in one line with the best rate these n can promise and the n the
+  request needs. Pixels are not independent within an image, so the pixel promise is made with images as the
+  units: conformal risk control (Angelopoulos et al. 2022) over each image's share of pixels above the
+  threshold, which bounds the expected share on a new good image by ``pixel_fpr`` (in expectation, not with
+  probability 1 - delta: a per-image share lies anywhere in [0, 1], and a bound that holds with probability
+  1 - delta would need about 300 images at 1 %); it needs ``n >= 1 / pixel_fpr - 1`` images.
 
 Pixels are many (every normal image gives ``S * S``), so the pixel threshold is always the empirical quantile,
 read from a table of the normal pixels' upper tail kept with the threshold (``pixel_tail``) so that another
@@ -37,6 +49,7 @@ from ssnf.metrics.roc import f1_max
 
 MIN_EXCEEDANCES = 10  # auto: the empirical quantile once this many normals lie beyond it
 EULER_GAMMA = 0.5772156649015329
+SUMMARY = 1000  # the drift alarm keeps at most this many quantiles of the normals' image statistics
 PIXEL_TAIL_FPRS = np.unique(np.r_[np.logspace(-6, -1, 51), np.linspace(0.1, 0.5, 9)])  # the pixel table's rows
 
 
@@ -48,7 +61,7 @@ class Threshold:
     pixel: float  # mask: anomalous pixels where the map > pixel
     fpr: float  # the requested false-positive rate of images
     pixel_fpr: float  # the requested false-positive rate of pixels
-    method: str  # the estimate the image threshold comes from (empirical | gumbel | normal | f1)
+    method: str  # the estimate the image threshold comes from (conformal | empirical | gumbel | normal | f1)
     requested: str  # the method asked for (auto picks empirical or gumbel)
     n_normals: int  # validation normals the image threshold rests on
     n_anomalies: int = 0  # validation reference anomalies (f1 only uses them)
@@ -58,25 +71,52 @@ class Threshold:
     pixel_median: float = 0.0  # the normal pixels' median (overlays are coloured from here to past the threshold)
     precision: str = "fp32"  # the arithmetic the scores came from (train.precision; exported files: fp32)
     scoring: dict = field(default_factory=dict)  # the resolved scoring the scores came from
+    delta: float = 0.0  # conformal: the image promise holds with probability >= 1 - delta (0: no promise)
+    rank: int = 0  # conformal: the image threshold is the rank-th smallest normal score (1-based)
+    source: str = "validation"  # the normals it rests on: validation (held out in training) | calibration
+    normals_from: list[str] = field(default_factory=list)  # calibration: the folders / globs the normals came from
+    excluded: int = 0  # calibration: files left out (unreadable), counted
+    channels: str = ""  # calibration: grey | colour, what the normals' files were
+    brightness: list[float] = field(default_factory=list)  # the normals' mean grey level (drift alarm; <= SUMMARY)
+    contrast: list[float] = field(default_factory=list)  # their grey-level standard deviation (drift alarm)
 
     def at(self, fpr: float | None = None, pixel_fpr: float | None = None, method: str | None = None) -> "Threshold":
-        """The same normals, another requested rate or method (``ssnf predict --fpr``)."""
+        """The same normals, another requested rate or method (``ssnf predict --fpr``). A conformal pixel threshold
+        is re-read from the normal pixels' tail table (interpolated between its rows)."""
         cfg = ThresholdConfig(fpr=self.fpr if fpr is None else fpr,
                               pixel_fpr=self.pixel_fpr if pixel_fpr is None else pixel_fpr,
-                              method=self.requested if method is None else method)
+                              method=self.requested if method is None else method,
+                              delta=self.delta or ThresholdConfig.delta)
         cfg.validate()
-        value, used = image_threshold(np.asarray(self.normal_scores), np.asarray(self.anomaly_scores), cfg)
+        value, used = image_threshold(np.asarray(self.normal_scores), np.asarray(self.anomaly_scores), cfg,
+                                      self.source)
+        conformal = used == "conformal"
+        rate = pixel_rate(self.n_normals, cfg.pixel_fpr) if conformal else cfg.pixel_fpr
         return dataclasses.replace(self, image=value, method=used, requested=cfg.method, fpr=cfg.fpr,
-                                   pixel_fpr=cfg.pixel_fpr, pixel=pixel_from_tail(self.pixel_tail, cfg.pixel_fpr))
+                                   pixel_fpr=cfg.pixel_fpr,
+                                   pixel=self.pixel if (cfg.pixel_fpr, used) == (self.pixel_fpr, self.method)
+                                   else pixel_from_tail(self.pixel_tail, rate),
+                                   delta=cfg.delta if conformal else 0.0,
+                                   rank=conformal_rank(self.n_normals, cfg.fpr, cfg.delta) if conformal else 0)
+
+    def promise(self) -> str:
+        """The guarantee in words ("" where the threshold makes none)."""
+        if self.method != "conformal":
+            return ""
+        return (f"image FPR <= {_pct(self.fpr)} with probability >= {_pct(1 - self.delta)}, pixel FPR <= "
+                f"{_pct(self.pixel_fpr)} in expectation, for good parts like these {self.n_normals} normals")
 
     def describe(self) -> str:
         how = {"empirical": "the empirical quantile of", "gumbel": "a Gumbel tail fitted to",
                "normal": "a Gaussian fitted to"}
-        image = (f"F1-max between {self.n_normals} validation normals and {self.n_anomalies} reference anomalies"
-                 if self.method == "f1" else
-                 f"at {self.fpr:.3g} FPR ({how[self.method]} {self.n_normals} validation normals)")
+        normals = f"{self.n_normals} {self.source} normals"
+        if self.method == "conformal":
+            return (f"image threshold {self.image:.6g} (the {_ordinal(self.rank)} smallest of {normals}' scores), pixel threshold "
+                    f"{self.pixel:.6g} (conformal risk control); promised: {self.promise()}; {self.precision} scores")
+        image = (f"F1-max between {normals} and {self.n_anomalies} reference anomalies"
+                 if self.method == "f1" else f"at {self.fpr:.3g} FPR ({how[self.method]} {normals})")
         return (f"image threshold {self.image:.6g}, {image}; pixel threshold {self.pixel:.6g} at "
-                f"{self.pixel_fpr:.3g} FPR (empirical, normal pixels); {self.precision} scores")
+                f"{self.pixel_fpr:.3g} FPR (empirical, normal pixels); no promise; {self.precision} scores")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,13 +154,70 @@ def f1_threshold(normal: np.ndarray, anomalous: np.ndarray) -> float:
     return float(0.5 * (best + (lower.max() if lower.size else best - 1.0)))
 
 
-def image_threshold(normal: np.ndarray, anomalous: np.ndarray, cfg: ThresholdConfig) -> tuple[float, str]:
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _pct(rate: float) -> str:
+    return f"{100 * rate:.3g} %"
+
+
+def conformal_rank(n: int, fpr: float, delta: float) -> int | None:
+    """The smallest rank k (1-based) whose order statistic of n normal scores has a false-positive rate <= ``fpr``
+    with probability >= 1 - ``delta``: ``P(Binomial(n, 1 - fpr) <= k - 1) >= 1 - delta``; None where k = n fails."""
+    from scipy.stats import binom
+
+    if n < 1:
+        return None
+    ok = binom.cdf(np.arange(n), n, 1.0 - fpr) >= 1.0 - delta  # index k - 1
+    return int(np.argmax(ok)) + 1 if ok.any() else None
+
+
+def best_promise(n: int, delta: float) -> float:
+    """The lowest image FPR that n normals can promise with probability >= 1 - delta (their maximum's)."""
+    return 1.0 - delta ** (1.0 / n) if n > 0 else 1.0
+
+
+def normals_needed(fpr: float, delta: float) -> int:
+    """How many normals the promise "FPR <= fpr with probability >= 1 - delta" needs: ``(1 - fpr) ** n <= delta``."""
+    return int(math.ceil(math.log(delta) / math.log1p(-fpr) - 1e-9))
+
+
+def pixel_rate(n: int, pixel_fpr: float) -> float:
+    """Conformal risk control: the pooled share of the n normals' pixels the threshold may leave above it so that a
+    new normal image's expected share is <= ``pixel_fpr`` (per-image shares lie in [0, 1]): ``((n + 1) pixel_fpr -
+    1) / n``; negative where n is too few (``n < 1 / pixel_fpr - 1``)."""
+    return ((n + 1) * pixel_fpr - 1.0) / n if n > 0 else -1.0
+
+
+def check_conformal(n: int, cfg: ThresholdConfig, source: str = "calibration") -> None:
+    """One line where ``n`` normals cannot make the promise ``cfg`` asks for (``threshold.method=conformal``)."""
+    if cfg.method != "conformal":
+        return
+    short = []
+    if conformal_rank(n, cfg.fpr, cfg.delta) is None:
+        short.append(f"an image FPR of at best {_pct(best_promise(n, cfg.delta))} with probability "
+                     f"{_pct(1 - cfg.delta)}, not {_pct(cfg.fpr)} (that needs {normals_needed(cfg.fpr, cfg.delta)})")
+    if pixel_rate(n, cfg.pixel_fpr) < 0:
+        short.append(f"a pixel FPR of at best {_pct(1 / (n + 1))} in expectation, not {_pct(cfg.pixel_fpr)} (that "
+                     f"needs {math.ceil(1 / cfg.pixel_fpr - 1 - 1e-9)})")
+    if short:
+        raise ConfigError(f"{n} {source} normals can promise {' and '.join(short)}: add normals, ask a higher "
+                          "--fpr / --pixel-fpr, or pass --threshold-method auto for thresholds without a promise")
+
+
+def image_threshold(normal: np.ndarray, anomalous: np.ndarray, cfg: ThresholdConfig,
+                    source: str = "validation") -> tuple[float, str]:
     """``(threshold, method used)`` for the normals' image scores ``normal`` under ``cfg``."""
     normal = np.asarray(normal, np.float64)
     n = len(normal)
     if n < 2:
-        raise ConfigError(f"a threshold needs at least 2 validation normals, got {n}: raise data.val_fraction")
+        raise ConfigError(f"a threshold needs at least 2 {source} normals, got {n}"
+                          + (": raise data.val_fraction" if source == "validation" else ""))
     method = cfg.method
+    if method == "conformal":
+        check_conformal(n, cfg, source)
+        return float(np.sort(normal)[conformal_rank(n, cfg.fpr, cfg.delta) - 1]), method
     if method == "auto":
         method = "empirical" if n * cfg.fpr >= MIN_EXCEEDANCES else "gumbel"
     q = 1.0 - cfg.fpr
@@ -150,20 +247,44 @@ def pixel_from_tail(tail: list[list[float]], fpr: float) -> float:
     return float(np.interp(math.log(fpr), np.log(rates), values))
 
 
+def pixel_quantile(values: np.ndarray, rate: float) -> float:
+    """The smallest of the values such that at most ``floor(rate * N)`` of the N values lie strictly above it."""
+    values = np.asarray(values).ravel()
+    above = min(int(math.floor(max(rate, 0.0) * values.size)), values.size - 1)
+    return float(np.partition(values, values.size - 1 - above)[values.size - 1 - above])
+
+
+def summary(values: np.ndarray, size: int = SUMMARY) -> list[float]:
+    """``values`` sorted, or ``size`` of their evenly spaced quantiles where there are more (the drift alarm's
+    reference: a two-sample test reads a distribution, not the individual images)."""
+    values = np.sort(np.asarray(values, np.float64).ravel())
+    if values.size > size:
+        values = np.quantile(values, np.linspace(0.0, 1.0, size))
+    return [float(v) for v in values]
+
+
 def fit_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray, normal_maps: np.ndarray,
-                  cfg: ThresholdConfig, precision: str = "fp32", scoring: dict | None = None) -> Threshold:
-    """The thresholds of ``cfg`` from validation normals' image scores and maps (and the anomalies' scores)."""
+                  cfg: ThresholdConfig, precision: str = "fp32", scoring: dict | None = None,
+                  stats: dict[str, np.ndarray] | None = None, **about) -> Threshold:
+    """The thresholds of ``cfg`` from normals' image scores and maps (and the anomalies' scores). ``stats``: the
+    normals' image statistics (``brightness``, ``contrast``: the drift alarm's reference); ``about``: where the
+    normals came from (``source``, ``normals_from``, ``excluded``, ``channels``: fields of ``Threshold``)."""
     cfg.validate()
-    image, used = image_threshold(normal_scores, anomaly_scores, cfg)
+    source = about.get("source", "validation")
+    n = len(normal_scores)
+    image, used = image_threshold(normal_scores, anomaly_scores, cfg, source)
     sample = np.asarray(normal_maps, np.float32).ravel()
     tail = pixel_tail(sample)
-    return Threshold(image=image, pixel=pixel_from_tail(tail, cfg.pixel_fpr), fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr,
-                     method=used, requested=cfg.method, n_normals=len(normal_scores),
-                     n_anomalies=len(anomaly_scores),
+    conformal = used == "conformal"
+    pixel = pixel_quantile(sample, pixel_rate(n, cfg.pixel_fpr)) if conformal else pixel_from_tail(tail, cfg.pixel_fpr)
+    stats = {k: summary(v) for k, v in (stats or {}).items()}
+    return Threshold(image=image, pixel=pixel, fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr,
+                     method=used, requested=cfg.method, n_normals=n, n_anomalies=len(anomaly_scores),
                      normal_scores=[float(s) for s in normal_scores],
                      anomaly_scores=[float(s) for s in anomaly_scores],
                      pixel_tail=tail, pixel_median=float(np.median(sample)), precision=precision,
-                     scoring=dict(scoring or {}))
+                     scoring=dict(scoring or {}), delta=cfg.delta if conformal else 0.0,
+                     rank=conformal_rank(n, cfg.fpr, cfg.delta) if conformal else 0, **stats, **about)
 
 
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -175,5 +296,6 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
             "fnr": float((~flagged[anomalous]).mean()) if anomalous.any() else float("nan")}
 
 
-__all__ = ["MIN_EXCEEDANCES", "THRESHOLD_METHODS", "Threshold", "fit_threshold", "f1_threshold", "gumbel_quantile",
-           "image_threshold", "normal_quantile", "pixel_from_tail", "pixel_tail", "rates"]
+__all__ = ["MIN_EXCEEDANCES", "THRESHOLD_METHODS", "Threshold", "best_promise", "check_conformal", "conformal_rank",
+           "fit_threshold", "f1_threshold", "gumbel_quantile", "image_threshold", "normal_quantile", "normals_needed",
+           "pixel_from_tail", "pixel_quantile", "pixel_rate", "pixel_tail", "rates", "summary"]

@@ -100,13 +100,16 @@ def test_training_sets_the_threshold_on_validation_normals_and_test_reports_it(t
     n_val = len(result.splits.val)
     assert threshold.n_normals == n_val and threshold.fpr == 0.01 and threshold.precision == "bf16"
     assert threshold.method == "gumbel" and len(threshold.normal_scores) == n_val
-    detector = Detector.load(path)
+    deployed = Detector.load(path)  # what deploys computes in float32, as its exported files do
+    assert deployed.backend.precision == "fp32" and deployed.threshold == thresholds["fp32"]
+    detector = Detector.load(path, precision="bf16")
     assert detector.threshold == threshold and detector.threshold.scoring == to_dict(detector.scoring)
     assert thresholds["fp32"].normal_scores != threshold.normal_scores  # bf16 and fp32 scores differ
     # the normals it rests on are the validation normals' scores through the one inference path
     val_scores = detector.predict([s.image for s in result.splits.val]).scores
     np.testing.assert_allclose(sorted(val_scores), sorted(threshold.normal_scores), rtol=1e-5, atol=1e-6)
-    ev = evaluate(detector.model, cfg, result.splits.test)
+    ev = evaluate(detector.model, cfg, result.splits.test, precision="bf16")
+    assert detector.model.precision == "bf16"  # evaluate restores the model's arithmetic
     labels = np.array([s.label for s in result.splits.test])
     assert ev.metrics["threshold_fpr"] == pytest.approx(np.mean(ev.scores[labels == 0] > threshold.image))
     assert ev.metrics["threshold_fnr"] == pytest.approx(np.mean(ev.scores[labels == 1] <= threshold.image))
@@ -296,16 +299,23 @@ def test_predict_runs_an_exported_file_like_its_checkpoint(trained, tmp_path):
         proc = _ssnf("predict", "--checkpoint", str(model), images, "--out", str(tmp_path / name), "--quiet",
                      "--maps", "none", "--no-overlays", "--no-masks")
         assert proc.returncode == 0, proc.stderr
-    ckpt, exported = (pd.read_parquet(tmp_path / n / "predictions.parquet") for n in ("ckpt", "onnx"))
-    # the checkpoint runs in its training precision (bf16 here), the exported file in float32 with the thresholds
-    # calibrated on float32 scores
+    proc = _ssnf("predict", "--checkpoint", str(path), images, "--out", str(tmp_path / "bf16"), "--quiet",
+                 "--maps", "none", "--no-overlays", "--no-masks", "--precision", "bf16")
+    assert proc.returncode == 0, proc.stderr
+    ckpt, exported, bf16 = (pd.read_parquet(tmp_path / n / "predictions.parquet") for n in ("ckpt", "onnx", "bf16"))
+    # one model, one verdict: by default the bf16-trained checkpoint computes in float32, as its export does, with
+    # the thresholds set on float32 scores; the same scores within 1e-3 relative and the same verdicts
     thresholds = load_checkpoint(path).model.thresholds
-    assert (ckpt.threshold == thresholds["bf16"].image).all() and (exported.threshold == thresholds["fp32"].image).all()
-    fp32 = Detector.load(path)
-    fp32.model.set_precision("fp32")
-    np.testing.assert_allclose(exported.score, fp32.predict(list(exported.path)).scores, atol=1e-4, rtol=1e-4)
+    assert (ckpt.threshold == thresholds["fp32"].image).all() and (exported.threshold == thresholds["fp32"].image).all()
+    np.testing.assert_allclose(exported.score, ckpt.score, rtol=1e-3, atol=1e-6)
+    assert (exported.verdict == ckpt.verdict).all()
     assert (exported.verdict == np.where(exported.score > thresholds["fp32"].image, "anomalous", "normal")).all()
-    assert json.loads((tmp_path / "onnx" / "run.json").read_text())["backend"] == "onnx"
+    # --precision bf16: the training arithmetic, its own thresholds
+    assert (bf16.threshold == thresholds["bf16"].image).all() and not np.allclose(bf16.score, ckpt.score, rtol=1e-3)
+    runs = {n: json.loads((tmp_path / n / "run.json").read_text()) for n in ("ckpt", "onnx", "bf16")}
+    assert runs["onnx"]["backend"] == "onnx" and [runs[n]["precision"] for n in runs] == ["fp32", "fp32", "bf16"]
+    proc = _ssnf("predict", "--checkpoint", str(onnx), images, "--out", str(tmp_path / "x"), "--precision", "bf16")
+    assert proc.returncode == 2 and "is an exported file: it computes in fp32, not bf16" in proc.stderr
 
 
 def test_predict_refuses_bad_models_and_empty_inputs_in_one_line(trained, tmp_path):
