@@ -36,13 +36,17 @@ weights: setup
 # One detector per selected category: every BEST/<category>.yaml (python -m analysis select writes them)
 # trained into MODELS/<category>/ (checkpoint with its thresholds, config.yaml, metrics.json). Then
 #   ssnf predict --models $(MODELS) --category <category> INPUT... --out DIR
+# CALIBRATION=DIR: thresholds with a stated promise from the line's good parts in DIR/<category>/ (ssnf train
+# --calibration-normals; ssnf calibrate --normals later does the same for a trained model).
 BEST   ?= best
 MODELS ?= models
+CALIBRATION ?=
 models: weights
 	@ls $(BEST)/*.yaml >/dev/null 2>&1 || { echo "no $(BEST)/*.yaml: run python -m analysis select, or set BEST=" >&2; exit 2; }
 	@set -e; for f in $(BEST)/*.yaml; do c=$$(basename $$f .yaml); \
-	  echo "== $$c: ssnf train --config $$f --out $(MODELS)/$$c"; \
-	  $(VENV)/bin/ssnf train --config $$f --out $(MODELS)/$$c --quiet; done
+	  normals="$(if $(CALIBRATION),--calibration-normals $(CALIBRATION)/$$c)"; \
+	  echo "== $$c: ssnf train --config $$f --out $(MODELS)/$$c $$normals"; \
+	  $(VENV)/bin/ssnf train --config $$f --out $(MODELS)/$$c --quiet $$normals; done
 
 bench: weights
 	$(PY) bench/aupro_speed.py

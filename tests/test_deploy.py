@@ -424,17 +424,22 @@ def test_make_models_trains_every_selected_category_then_predict_by_category(tra
     cfg, _, _, data_root = trained
     best = tmp_path / "best"
     best.mkdir()
-    (best / "washer.yaml").write_text("# chosen by analysis select\n" + yaml.safe_dump(to_dict(cfg)))
+    chosen = to_dict(with_overrides(cfg, threshold={"fpr": 0.3, "pixel_fpr": 0.3}))  # 16 normals can promise it
+    (best / "washer.yaml").write_text("# chosen by analysis select\n" + yaml.safe_dump(chosen))
+    calibration = tmp_path / "line"
+    calibration.mkdir()
+    (calibration / "washer").symlink_to(data_root / "washer" / "train" / "good")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     make = shutil.which("make")
     if make is None:
         pytest.skip("no make on this machine")
     env = {**os.environ, "SSNF_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([make, "-s", "-C", repo, "models", f"BEST={best}", f"MODELS={tmp_path / 'models'}",
-                           f"VENV={os.path.dirname(os.path.dirname(sys.executable))}"],
+                           f"VENV={os.path.dirname(os.path.dirname(sys.executable))}", f"CALIBRATION={calibration}"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (tmp_path / "models" / "washer" / "checkpoint.pt").is_file()
+    threshold = load_checkpoint(tmp_path / "models" / "washer" / "checkpoint.pt").model.thresholds["fp32"]
+    assert (threshold.source, threshold.method, threshold.n_normals) == ("calibration", "conformal", 16)
     proc = _ssnf("predict", "--models", str(tmp_path / "models"), "--category", "washer",
                  str(data_root / "washer" / "test" / "good"), "--out", str(tmp_path / "out"), "--quiet")
     assert proc.returncode == 0 and "images scored" in proc.stdout, proc.stderr

@@ -20,6 +20,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import tune_main  # noqa: E402
 from ssnf.config import SSNFConfig, merge, to_dict  # noqa: E402
+from ssnf.results import SCHEMA_VERSION  # noqa: E402
 from ssnf.tune.connect import trial_runtime_env  # noqa: E402
 from ssnf.tune.options import SweepOptions  # noqa: E402
 from ssnf.tune.report import best_table  # noqa: E402
@@ -115,7 +116,7 @@ def test_sweep_writes_a_typed_parquet_row_per_trial(demo_root, ray_session, tmp_
     assert "| washer |" in front and outcome_best_id(outcomes) in front  # the best val_score is always on the front
 
     schema = pq.read_schema(next((results / "trials").glob("*.parquet")))
-    assert schema.metadata[b"ssnf_schema_version"] == b"13"
+    assert schema.metadata[b"ssnf_schema_version"] == str(SCHEMA_VERSION).encode()
     assert str(schema.field("config.loss.weight").type) == "double"
     strides = schema.field("config.backbone.strides").type
     assert strides.num_fields == 1 and str(strides.value_type) == "int64"
