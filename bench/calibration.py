@@ -26,7 +26,7 @@ Per category, with the model in ``MODELS/<category>/checkpoint.pt`` (copied: the
    by the file: verdicts that differ, largest relative score difference; the same count for the checkpoint in
    its training precision (the behaviour before). Speed of each at batch 1 and 32 on one thread, one process.
 
-Prints tables; writes ``calibration.json`` under ``--out``.
+Prints tables; writes ``calibration-<category>.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -261,14 +261,14 @@ def main() -> None:
     parser.add_argument("--halves", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "issue32")
     args = parser.parse_args()
-    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in [c for c in args.categories.split(",") if c]:
-            results.append(category(args.models, args.data_root, name, args.halves, Path(tmp)))
-            report(results[-1])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "calibration.json").write_text(json.dumps(results, indent=1, default=float))
-    print(f"\nwrote {args.out / 'calibration.json'}")
+            result = category(args.models, args.data_root, name, args.halves, Path(tmp))
+            report(result)
+            path = args.out / f"calibration-{name}.json"
+            path.write_text(json.dumps(result, indent=1, default=float))
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
