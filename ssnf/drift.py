@@ -1,9 +1,10 @@
 """The drift alarm: do a run's images still look like the good parts the thresholds were calibrated on?
 
-A threshold keeps what it rests on (``ssnf.threshold.Threshold``): its normals' image scores, and two cheap image
-statistics of each normal, the mean grey level (``brightness``) and its standard deviation (``contrast``), taken
-on the image as the model sees it (``Detector.prepare``: resized, RGB). ``check`` compares a run's images with
-them, three ways, and the alarm fires when any test rejects at ``level`` (Bonferroni over the tests run):
+A threshold keeps what it rests on (``ssnf.threshold.Threshold``): its normals' image scores, and three cheap
+image statistics of each normal, the mean grey level (``brightness``), its standard deviation (``contrast``) and
+the mean red minus the mean blue (``warmth``: the light's colour), taken on the image as the model sees it
+(``Detector.prepare``: resized, RGB). ``check`` compares a run's images with them, and the alarm fires when any
+test rejects at ``level`` (Bonferroni over the tests run):
 
 - **flagged**: how many images lie over the threshold, against what the calibration allows. The threshold sits
   at the k-th smallest of n normal scores, and for good parts exchangeable with those normals the share of a new
@@ -11,7 +12,7 @@ them, three ways, and the alarm fires when any test rejects at ``level`` (Bonfer
   threshold, for a threshold between two scores), so the count over m images is beta-binomial: an exact p-value
   with no fitted tail, which holds for every threshold method. Real defects raise this count too: the message
   says so.
-- **scores**, **brightness**, **contrast**: two-sample Kolmogorov-Smirnov tests of the run's values against the
+- **scores**, **brightness**, **contrast**, **warmth**: two-sample Kolmogorov-Smirnov tests of the run's values against the
   normals' (the whole distribution: a darker session moves brightness before any part is flagged). A run with a
   few defective parts barely moves a KS statistic (at most their share).
 
@@ -29,19 +30,21 @@ from ssnf.errors import SSNFError
 
 MIN_IMAGES = 10  # fewer images in a run: too few to tell a drift from chance
 LEVEL = 0.01  # the alarm's false-alarm rate for good parts like the calibration normals (all tests together)
-STATS = ("brightness", "contrast")
+STATS = ("brightness", "contrast", "warmth")
 
 
 def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
-    """``uint8 [N, S, S, 3]`` -> per image ``brightness`` (mean grey level, 0-1) and ``contrast`` (its standard
-    deviation); grey = the mean of the three channels."""
-    grey = np.asarray(images, np.float32).mean(axis=3) / 255.0
-    return {"brightness": grey.mean(axis=(1, 2)), "contrast": grey.std(axis=(1, 2))}
+    """``uint8 [N, S, S, 3]`` -> per image ``brightness`` (mean grey level, 0-1), ``contrast`` (its standard
+    deviation) and ``warmth`` (mean red minus mean blue, 0 for grey images); grey = the mean of the channels."""
+    pixels = np.asarray(images, np.float32) / 255.0
+    grey = pixels.mean(axis=3)
+    return {"brightness": grey.mean(axis=(1, 2)), "contrast": grey.std(axis=(1, 2)),
+            "warmth": pixels[..., 0].mean(axis=(1, 2)) - pixels[..., 2].mean(axis=(1, 2))}
 
 
 @dataclass
 class Test:
-    name: str  # flagged | scores | brightness | contrast
+    name: str  # flagged | scores | brightness | contrast | warmth
     p: float  # the p-value
     statistic: float  # flagged: the count; KS: the statistic D
     run: float  # flagged: the count; else the run's median

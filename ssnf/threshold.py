@@ -79,6 +79,7 @@ class Threshold:
     channels: str = ""  # calibration: grey | colour, what the normals' files were
     brightness: list[float] = field(default_factory=list)  # the normals' mean grey level (drift alarm; <= SUMMARY)
     contrast: list[float] = field(default_factory=list)  # their grey-level standard deviation (drift alarm)
+    warmth: list[float] = field(default_factory=list)  # their mean red minus mean blue (drift alarm)
 
     def at(self, fpr: float | None = None, pixel_fpr: float | None = None, method: str | None = None) -> "Threshold":
         """The same normals, another requested rate or method (``ssnf predict --fpr``). A conformal pixel threshold
@@ -267,7 +268,7 @@ def fit_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray, normal_
                   cfg: ThresholdConfig, precision: str = "fp32", scoring: dict | None = None,
                   stats: dict[str, np.ndarray] | None = None, **about) -> Threshold:
     """The thresholds of ``cfg`` from normals' image scores and maps (and the anomalies' scores). ``stats``: the
-    normals' image statistics (``brightness``, ``contrast``: the drift alarm's reference); ``about``: where the
+    normals' image statistics (``brightness``, ``contrast``, ``warmth``: the drift alarm's reference); ``about``: where the
     normals came from (``source``, ``normals_from``, ``excluded``, ``channels``: fields of ``Threshold``)."""
     cfg.validate()
     source = about.get("source", "validation")

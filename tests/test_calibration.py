@@ -166,7 +166,7 @@ def test_calibrate_on_the_line_s_normals_promises_and_predict_reports_it(line, t
     assert "promised: image FPR <= 5 %" in proc.stdout and "24 images look like the calibration normals" in proc.stdout
     run = json.loads((out / "run.json").read_text())
     assert run["threshold"]["source"] == "calibration" and run["threshold"]["delta"] == 0.05
-    assert run["drift"]["fired"] is False and len(run["drift"]["tests"]) == 4
+    assert run["drift"]["fired"] is False and len(run["drift"]["tests"]) == 5
     # the same parts in a darker session: the alarm fires, on the terminal and in run.json
     dark = tmp_path / "dark"
     dark.mkdir()
