@@ -70,7 +70,8 @@ class Run:
         self.log_path = out / "gpu.log"
         self.log_path.write_text("")
         self.work = Path(tempfile.mkdtemp(prefix="ssnf-gpu-"))
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+        # offline machine: no hub probe for weights, no Ray usage report
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
                     "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(
                         os.pathsep))])}
         self.doc: dict = {"format": FORMAT, "mode": mode, "budget_s": budget_s,
@@ -290,7 +291,8 @@ def run_all(run: Run, args: argparse.Namespace) -> int:
     for name, spec in stages(run, mode, run.doc["data"]):
         limit = stage_limit(run, name)
         if limit < MIN_STAGE_S:
-            result = {"status": "skipped", "seconds": 0, "error": f"{run.left():.0f} s of the budget left"}
+            result = {"status": "skipped", "seconds": 0, "error": f"its share of the {run.left():.0f} s left is "
+                      f"{limit:.0f} s, under {MIN_STAGE_S:.0f} s"}
         else:
             result = run_stage(run, name, spec, limit)
         run.doc["stages"][name] = result

@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GRACE_S = 20  # after SIGINT, before the sweep's processes are killed
+MIN_SWEEP_S = 30
 ROW_KEYS = ("trial_id", "status", "gpu_ids", "device", "gpus", "cpus", "gpu_peak_bytes", "gpu_reserved_bytes",
             "wall_s", "train_s", "setup_s", "cost_s", "ray_overhead_s", "data_fetch_s", "epochs_run",
             "final_val_score", "cost_infer_ms_b1", "cost_infer_ms_b32", "failure")
@@ -39,12 +40,19 @@ def command(spec: dict, storage: Path) -> list[str]:
             "--max-concurrent", str(spec["concurrent"]), "--storage", str(storage), "--name", spec["name"], *sets]
 
 
-def run_tune(cmd: list[str], env: dict, limit_s: float) -> tuple[int | None, float, bool]:
-    """``cmd`` in its own process group: (exit status, wall seconds, stopped at ``limit_s``)."""
+def run_tune(cmd: list[str], env: dict, limit_s: float, log: Path) -> tuple[int | None, float, bool]:
+    """``cmd`` in its own process group, its output in ``log``: (exit status, wall seconds, stopped at ``limit_s``)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(signum, frame):  # the driver stops this stage: the sweep (its own process group) goes with it
+        os.killpg(proc.pid, signal.SIGKILL)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        return proc.wait(timeout=max(1.0, limit_s)), time.perf_counter() - started, False
+        return proc.wait(timeout=limit_s), time.perf_counter() - started, False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGINT)  # Ray Tune stops the trials, the ended ones' rows stay
         try:
@@ -87,20 +95,31 @@ def _plain(value):
 
 def run_sweep(spec: dict) -> dict:
     """One sweep of ``spec`` (see the module docstring) and its figures."""
+    limit = spec["limit_s"] - GRACE_S - 10  # room to stop it and read its rows within the stage's share
+    if limit < MIN_SWEEP_S:
+        raise RuntimeError(f"a {spec['limit_s']:.0f} s share is too short for a sweep (Ray's start and the shared "
+                           "data take tens of seconds): not run")
     work = Path(spec["work"])
     storage = work / "sweeps"
     features = Path(tempfile.mkdtemp(prefix=f"features-{spec['name']}-", dir=work))
     env = {**os.environ, "SSNF_FEATURES_DIR": str(features)}
     cmd = command(spec, storage)
     print(" ".join(cmd), flush=True)
-    code, wall, stopped = run_tune(cmd, env, spec["limit_s"] - GRACE_S - 10)
+    log = work / f"{spec['name']}.log"
+    code, wall, stopped = run_tune(cmd, env, limit, log)
+    output = log.read_text(errors="replace")
+    print(output, flush=True)
     trials = rows(storage / spec["name"])
-    span = (max(r["ended_at"] for r in trials) - min(r["started_at"] for r in trials)) if trials else 0.0
+    if not trials:
+        how = f"stopped at {limit:.0f} s" if stopped else f"exit {code}"
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
+        raise RuntimeError(f"no trial ended ({how}): {last[:300]}")
+    span = max(r["ended_at"] for r in trials) - min(r["started_at"] for r in trials)
     peaks = [r["gpu_peak_bytes"] for r in trials if r["gpu_peak_bytes"] is not None]
     return {"gpus_per_trial": spec["gpus"], "cpus_per_trial": spec["cpus"], "max_concurrent": spec["concurrent"],
             "trials_asked": spec["trials"], "epochs": spec["epochs"], "returncode": code, "stopped_at_limit": stopped,
             "wall_s": wall, "ended": len(trials), "span_s": span,
-            "trials_per_hour": 3600.0 * len(trials) / wall if trials else 0.0,
+            "trials_per_hour": 3600.0 * len(trials) / wall,
             "trials_per_hour_span": 3600.0 * len(trials) / span if span > 0 else None,
             "statuses": {s: sum(r["status"] == s for r in trials) for s in sorted({r["status"] for r in trials})},
             "gpu_ids": sorted({str(r["gpu_ids"]) for r in trials}), "devices": sorted({str(r["device"]) for r in trials}),
