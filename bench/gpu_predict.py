@@ -1,13 +1,14 @@
 """The predict stage of ``bench/gpu.py``: inference speed per backend on one device, and ``ssnf predict`` end to end.
 
-The model is the train stage's bf16 checkpoint (its thresholds, its chosen scoring); without one, the default
-detector untrained with the scoring the default chose on tire (speed does not depend on the weights). Timed through
+The model is the train stage's bf16-trained checkpoint (its thresholds, its chosen scoring); without one, the
+default detector untrained with the scoring the default chose on tire (speed does not depend on the weights). Timed through
 ``Detector.run`` on images already at the model's size (what ``ssnf predict`` runs after decoding: the host ->
 device copy, resize-to-identity, normalisation, backbone, flows, map, score, the copy back), ms/image at batch 1
 (32 images one at a time; 8 in a dry run) and batch 32, the median of ``repeats`` passes after a warm-up pass at each batch size
 (which also lets cuDNN's autotuner choose); peak GPU memory per backend. Backends:
 
-- ``eager_bf16`` / ``eager_fp32``: the PyTorch model in the precision (``train.precision``; bf16 the default);
+- ``eager_fp32`` / ``eager_bf16``: the PyTorch model in that arithmetic (``ssnf predict --precision``; its default,
+  ``backends.DEPLOY_PRECISION``, is float32 whatever the model was trained in: ``default_backend`` in the result);
 - ``torchscript``: the float32 ``InferencePath`` (what ``ssnf export`` writes) traced with ``torch.jit.trace`` on
   the device with inputs there (an exported TorchScript file is traced on the CPU and refuses a GPU:
   ``ssnf.backends.pick_device``);
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from ssnf.config import with_overrides
+from ssnf.backends import DEPLOY_PRECISION
 from ssnf.devices import cuda_memory, synchronize, to_device
 from ssnf.inference import Detector
 
@@ -174,7 +176,7 @@ def run_predict(spec: dict) -> dict:
     detector, described = load_model(spec, device)
     images, files = images_of(detector)
     out = {"model": described, "images": len(images), "size": detector.size, "device": str(device),
-           "scoring": detector.scoring.map, "backends": {}}
+           "scoring": detector.scoring.map, "default_backend": f"eager_{DEPLOY_PRECISION}", "backends": {}}
     reference = None
     for name, make in list(backends(detector, spec, device, images[:2])):
         if isinstance(make, str):
