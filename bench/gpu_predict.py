@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssnf.config import with_overrides
 from ssnf.backends import DEPLOY_PRECISION
 from ssnf.devices import cuda_memory, synchronize, to_device
 from ssnf.inference import Detector
@@ -127,9 +126,8 @@ def backends(detector: Detector, spec: dict, device: torch.device, example: np.n
 
 
 def eager(model, detector: Detector, precision: str, device: torch.device) -> Detector:
-    """A copy of ``model`` in PyTorch, in ``precision``."""
-    cfg = with_overrides(detector.cfg, train={"precision": precision})
-    return Detector.from_model(copy.deepcopy(model), cfg, device, batch_size=32)
+    """A copy of ``model`` in PyTorch, in ``precision`` (``ssnf predict --precision``)."""
+    return Detector.from_model(copy.deepcopy(model), detector.cfg, device, batch_size=32, precision=precision)
 
 
 def traced(detector: Detector, device: torch.device, example: np.ndarray) -> Detector:
