@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssnf.config import ScoringConfig, SSNFConfig, from_dict
+from ssnf.devices import configure, to_device
 from ssnf.errors import SSNFError
 from ssnf.model.detector import SSNFModel
 from ssnf.scoring import Sources, needs, resolve, resolved_kinds, score
@@ -97,6 +98,7 @@ class EagerBackend:
     def __init__(self, model: SSNFModel, cfg: SSNFConfig, device: str | torch.device | None = None,
                  precision: str | None = None) -> None:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        configure(self.device)
         self.model = model.to(self.device).eval()
         self.model.set_precision(precision or cfg.train.precision)
         self.path = InferencePath(self.model, resolve(cfg.scoring, model.scoring), cfg.data.image_size)
@@ -110,14 +112,14 @@ class EagerBackend:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.model.eval()
         # (a copy only where the batch is read-only, e.g. an array from Ray's object store)
-        scores, maps = self.path(torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(self.device))
+        scores, maps = self.path(to_device(torch.from_numpy(np.require(batch, requirements=["C", "W"])), self.device))
         return scores.cpu().numpy(), maps.cpu().numpy()
 
     @torch.no_grad()
     def score_features(self, features: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Scores and maps of backbone features already extracted (per scale ``[B, C, h, w]``)."""
         self.model.eval()
-        scores, maps = self.path.score_features([f.to(self.device) for f in features])
+        scores, maps = self.path.score_features([to_device(f, self.device) for f in features])
         return scores.cpu().numpy(), maps.cpu().numpy()
 
     def eager(self, what: str) -> "EagerBackend":

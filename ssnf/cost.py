@@ -78,13 +78,6 @@ def bank_size(cfg: SSNFConfig, train_positions: int) -> int:
     return max(1, min(cfg.bank.max_entries, int(round(cfg.bank.coreset * train_positions))))
 
 
-def _synchronize(device: "torch.device") -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries: int = 0, warmup: int = 2,
                  repeats: int = 3, device: "str | torch.device" = "cpu") -> Cost:
     """Time ``cfg``'s detector with random weights (see the module docstring). ``bank``: the model's memory bank
@@ -94,6 +87,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
     import torch
 
     from ssnf.backends import DEPLOY_PRECISION
+    from ssnf.devices import synchronize
     from ssnf.inference import Detector
     from ssnf.model.bank import MemoryBank
     from ssnf.model.detector import SSNFModel
@@ -127,7 +121,7 @@ def measure_cost(cfg: SSNFConfig, bank: "MemoryBank | None" = None, bank_entries
             t = clock()
             for _ in range(passes):
                 detector.run(images[:batch])
-            _synchronize(detector.device)
+            synchronize(detector.device)
             best = min(best, (clock() - t) / (passes * batch))
         ms[batch] = 1000.0 * best
     params = sum(p.numel() for p in model.extractor.parameters()) + sum(p.numel() for p in model.flows.parameters())

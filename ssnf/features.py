@@ -19,6 +19,7 @@ import torch
 from ssnf.backbones.extractor import FeatureExtractor
 from ssnf.data.dataset import load_pair
 from ssnf.data.layouts import Sample
+from ssnf.devices import to_device
 from ssnf.files import atomic_path
 from ssnf.paths import features_dir
 
@@ -29,8 +30,9 @@ def load_images(samples: Sequence[Sample], size: int) -> np.ndarray:
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``uint8 [N, S, S, 3]`` -> float ``[N, 3, S, S]`` in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    """``uint8 [N, S, S, 3]`` -> float ``[N, 3, S, S]`` in [0, 1] on ``device`` (the bytes travel as uint8, through
+    pinned memory to a GPU: ``ssnf.devices.to_device``)."""
+    return to_device(torch.from_numpy(np.ascontiguousarray(images)), device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @torch.no_grad()

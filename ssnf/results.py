@@ -37,7 +37,7 @@ from ssnf.cost import Cost
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 STATUSES = ("completed", "stopped", "diverged", "error", "infeasible")
 # the deployment cost measured before the first epoch (ssnf.cost.Cost): cost_params, cost_gflops, ...
 COST_COLUMNS = {f"cost_{name}": kind for name, kind in Cost.fields().items()}
@@ -99,7 +99,8 @@ def trials_schema() -> pa.Schema:
         pa.field("test_s", pa.float64()), pa.field("cost_s", pa.float64()), pa.field("ray_overhead_s", pa.float64()), pa.field("cpus", pa.float64()), pa.field("gpus", pa.float64()),
         pa.field("seed", pa.int64()), pa.field("code_version", pa.string()), pa.field("node", pa.string()),
         pa.field("node_id", pa.string()), pa.field("node_ip", pa.string()), pa.field("gpu_ids", pa.string()),
-        pa.field("device", pa.string()), pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
+        pa.field("device", pa.string()), pa.field("gpu_peak_bytes", pa.int64()), pa.field("gpu_reserved_bytes", pa.int64()),
+        pa.field("niceness", pa.int64()), pa.field("data_bytes", pa.int64()),
         pa.field("data_fetch_s", pa.float64()), pa.field("features_id", pa.string()),
         pa.field("data_prepare_s", pa.float64()),
         pa.field("started_at", pa.timestamp("s", tz="UTC")), pa.field("ended_at", pa.timestamp("s", tz="UTC")),
@@ -187,14 +188,15 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
         **{f"final_{m}": final.get(m) for m in VAL_METRICS + SCORING_FIELDS},
         "best_val_score": best.get("val_score"), "best_epoch": best.get("epoch"),
         **{f"test_{m}": last_result.get(f"test_{m}") for m in TEST_METRICS},
-        **{name: _cost(last_result.get(name), kind) for name, kind in COST_COLUMNS.items()},
+        **{name: _typed(last_result.get(name), kind) for name, kind in COST_COLUMNS.items()},
         "epochs_run": len(history), "budget_epochs": cfg.train.epochs, "retries": retries,
         "wall_s": wall, "train_s": train_s, "setup_s": setup_s, "test_s": test_s, "cost_s": cost_s,
         "ray_overhead_s": max(0.0, wall - train_s - setup_s - test_s - cost_s),
         "cpus": cpus, "gpus": gpus, "seed": cfg.train.seed, "code_version": code_version(),
         "node": str(last_result.get("hostname") or socket.gethostname()), "node_id": last_result.get("node_id"),
         "node_ip": last_result.get("node_ip"), "gpu_ids": last_result.get("gpu_ids"),
-        "device": last_result.get("device"), "niceness": last_result.get("niceness"),
+        "device": last_result.get("device"), "gpu_peak_bytes": _typed(last_result.get("gpu_peak_bytes"), int),
+        "gpu_reserved_bytes": _typed(last_result.get("gpu_reserved_bytes"), int), "niceness": last_result.get("niceness"),
         "data_bytes": last_result.get("data_bytes"), "data_fetch_s": last_result.get("data_fetch_s"),
         "features_id": last_result.get("features_id"), "data_prepare_s": last_result.get("data_prepare_s"),
         "started_at": int(started), "ended_at": int(ended),
@@ -207,7 +209,7 @@ def trial_rows(*, experiment: str, category: str, trial_id: str, status: str, fa
     return row, epochs
 
 
-def _cost(value: Any, kind: type) -> Any:
+def _typed(value: Any, kind: type) -> Any:
     return None if value is None else kind(value)
 
 

@@ -37,6 +37,7 @@ from ssnf.checkpoint import load_checkpoint, save_checkpoint
 from ssnf.config import LossConfig, SSNFConfig
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import Splits, make_splits
+from ssnf.devices import configure, resident, synchronize, to_device
 from ssnf.errors import ConfigError, DataError, SSNFError
 from ssnf.features import extract, to_tensor
 from ssnf.inference import Detector
@@ -138,8 +139,9 @@ class Batches:
         feats = data.train_features
         self.noise_std = [cfg.train.feature_noise * f.std(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
                           for f in feats] if cfg.train.feature_noise > 0 else []
-        # without the cache, the backbone runs on every normal batch (the baseline the cache is measured against)
-        self.feats = feats if cfg.train.feature_cache else None
+        # without the cache, the backbone runs on every normal batch (the baseline the cache is measured against);
+        # with it, on a GPU the features stay there for the run (``resident``: when they are small beside its memory)
+        self.feats = resident(feats, device) if cfg.train.feature_cache else None
         self.synthetic_on = cfg.loss.weight > 0
         synthesis = cfg.synthesis
         # the category's objects, decided once over all its training images
@@ -150,21 +152,26 @@ class Batches:
             rng = np.random.default_rng([cfg.train.seed, 13])
             idx = rng.integers(len(self.images), size=synthesis.pool_size)
             pool_images, self.pool_masks = synthetic_batch(self.images, idx, rng, synthesis, self.regions)
-            self.pool_feats = extract(model.extractor, pool_images, device=device)
+            self.pool_feats = resident(extract(model.extractor, pool_images, device=device), device)
         self.augment = cfg.train.augment if cfg.train.augment != "none" else None
         self.ranges = data.ranges.scaled(cfg.train.augment_strength)
         self.timings = {"synthesis_s": 0.0, "backbone_s": 0.0, "gate_s": 0.0, "augment_s": 0.0}
 
     def _timed(self, part: str, fn, *args):
+        on_device = part == "backbone_s"  # synthesis and augmentation run on the host: they overlap queued GPU work
+        if on_device:
+            synchronize(self.device)  # on a GPU: the part's own work, not what was queued before it (CPU: nothing)
         t = time.perf_counter()
         out = fn(*args)
+        if on_device:
+            synchronize(self.device)
         self.timings[part] += time.perf_counter() - t
         return out
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator) -> Batch:
         images = None  # the batch's images when augmented (else self.images[idx])
         if self.feats is not None:
-            normal = [f[idx].to(self.device) for f in self.feats]
+            normal = [to_device(f[idx], self.device) for f in self.feats]
         else:
             normal = self._timed("backbone_s", self.model.extractor, to_tensor(self.images[idx], self.device))
         if self.augment is not None:
@@ -186,8 +193,8 @@ class Batches:
         loss = self.cfg.loss
         if self.pool_feats is not None:
             pick = rng.integers(len(self.pool_masks), size=len(idx))
-            batch.synthetic = [f[pick].to(self.device) for f in self.pool_feats]
-            batch.masks = torch.from_numpy(self.pool_masks[pick])[:, None].to(self.device)
+            batch.synthetic = [to_device(f[pick], self.device) for f in self.pool_feats]
+            batch.masks = to_device(torch.from_numpy(self.pool_masks[pick])[:, None], self.device)
         else:
             if images is not None and len(idx) >= 2:  # augmented: made from the batch's images, patches from the batch
                 regions = None if self.regions is None else [self.regions[i] for i in idx]
@@ -197,9 +204,11 @@ class Batches:
                 images, masks = self._timed("synthesis_s", synthetic_batch, self.images, idx, rng,
                                             self.cfg.synthesis, self.regions)
             batch.synthetic = self._timed("backbone_s", self.model.extractor, to_tensor(images, self.device))
-            batch.masks = torch.from_numpy(masks)[:, None].to(self.device)
+            batch.masks = to_device(torch.from_numpy(masks)[:, None], self.device)
+        synchronize(self.device)
         t = time.perf_counter()
         batch.push = gate_positions(loss, batch.masks, batch.normal, batch.synthetic)
+        synchronize(self.device)
         self.timings["gate_s"] += time.perf_counter() - t if batch.push is not None else 0.0
         if self.pool_feats is None:  # a pool's images are not the batch's: nothing to hold them to
             batch.anchor = anchor_positions(loss, batch.normal, batch.synthetic)
@@ -265,6 +274,7 @@ def _setup(cfg: SSNFConfig, data: PreparedData | None, bank: MemoryBank | None,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    configure(device)
     if cfg.train.precision == "bf16" and not native_bf16(device):
         warnings.warn(f"train.precision=bf16 on a {device.type} without bfloat16 arithmetic is emulated and slower "
                       "than float32: set train.precision=fp32 here", stacklevel=3)
@@ -317,6 +327,7 @@ def _train_epoch(cfg: SSNFConfig, model: SSNFModel, batches: Batches, optimizer:
         for k in sums:
             sums[k] += terms[k]
         bar.set_postfix(loss=f"{terms['loss']:.3f}")
+    synchronize(batches.device)  # the epoch's time includes its last queued step
     return {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()},
             "train_s": time.perf_counter() - t_epoch, **batches.timings}
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ssnf.config import FUSED_WEIGHTS, MAP_KINDS, ScoringConfig, ThresholdConfig
+from ssnf.devices import to_device
 from ssnf.metrics import image_auroc, pixel_auroc
 from ssnf.model.detector import SSNFModel
 from ssnf.prepared import ValidationSet
@@ -37,7 +38,7 @@ def candidate_maps(model: SSNFModel, features: list[torch.Tensor], cfg: ScoringC
     flows, bank = needs(base)
     maps: dict[str, list[torch.Tensor]] = {k: [] for k in base}
     for start in range(0, len(features[0]), batch_size):
-        feats = [f[start:start + batch_size].to(device) for f in features]
+        feats = [to_device(f[start:start + batch_size], device) for f in features]
         sources = Sources(model.flow_features(feats) if flows else None, model.bank(feats) if bank else None)
         for kind in base:
             maps[kind].append(anomaly_maps(sources, cfg, (size, size), kind).float().cpu())

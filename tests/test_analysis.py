@@ -75,6 +75,25 @@ def test_bad_input_is_one_line(store, tmp_path):
         candidates(none_full)
 
 
+def test_a_gpu_trial_s_peak_memory_is_a_typed_column_and_null_for_cpu_trials(store, tmp_path):
+    from ssnf.config import SSNFConfig
+    from ssnf.results import trial_rows, write_trial
+
+    cpu = _trials(store)
+    assert str(pq.read_schema(next((store / "sweep" / "results" / "trials").glob("*.parquet"))).field(
+        "gpu_peak_bytes").type) == "int64"
+    assert cpu["gpu_peak_bytes"].isna().all() and cpu["gpu_reserved_bytes"].isna().all()
+    last = {"device": "cuda:0", "gpu_ids": "0", "gpu_peak_bytes": 3.0 * 2**30, "gpu_reserved_bytes": 4 * 2**30}
+    history = [{"epoch": 1, "val_score": 0.9, "train_s": 1.0, "val_s": 0.5}]
+    row, epochs = trial_rows(experiment="gpu", category="washer", trial_id="g0", status="completed", failure=None,
+                             cfg=SSNFConfig(), history=history, last_result=last, started=0.0, ended=10.0, cpus=4.0,
+                             gpus=0.25)
+    write_trial(str(tmp_path / "gpu" / "results"), row, epochs)
+    (gpu,) = read_results([tmp_path / "gpu"]).trials.itertuples()
+    assert (gpu.gpu_peak_bytes, gpu.gpu_reserved_bytes) == (3 * 2**30, 4 * 2**30)  # Tune's float, stored as bytes
+    assert (gpu.device, gpu.gpu_ids, gpu.gpus) == ("cuda:0", "0", 0.25)
+
+
 def test_candidates_rank_full_budget_trials_by_validation_never_by_test(store):
     trials = _trials(store)
     # the stopped trial with the best score of all, and a full-budget trial with a perfect test score: neither decides

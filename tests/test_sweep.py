@@ -277,6 +277,27 @@ def test_a_trial_too_large_for_its_memory_share_fails_alone(demo_root, ray_sessi
     assert set(trials[trials["config.model.hidden"] == 8]["status"]) == {"completed"}
 
 
+def test_a_gpu_trial_s_share_of_the_card_and_its_out_of_memory_end(monkeypatch):
+    """``--gpus-per-trial 0.25``: the trial's allocator may take a quarter of the card (a whole GPU: no cap), its peak
+    counters restart for it; CUDA's out-of-memory error ends the trial as out of memory, naming the GPU share.
+    (What CUDA does with the cap: tests/test_cuda.py, on a GPU.)"""
+    import torch
+
+    from ssnf.tune import trainable
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append(("cap", f)))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset",)))
+    trainable.gpu_memory_share(0.25)
+    trainable.gpu_memory_share(1.0)
+    assert calls == [("cap", 0.25), ("reset",), ("reset",)]
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 19.50 GiB allowed)")
+    assert trainable._out_of_memory(oom) and not trainable._out_of_memory(RuntimeError("shape mismatch"))
+    assert trainable._memory_failure(oom, 2**30, 0.25, "cuda").startswith(
+        "out of GPU memory: the trial needs more than its share of the GPU (0.25, --gpus-per-trial; CUDA out of")
+    assert "1.0 GiB share of the node (--trial-memory" in trainable._memory_failure(MemoryError(), 2**30, 0.0, "cpu")
+
+
 def test_sweep_select_confirm_then_train_the_choice(demo_root, ray_session, tmp_path):
     """The loop a user runs: sweep -> provisional pick -> confirmation over new seeds -> confirmed pick ->
     its YAML -> `ssnf train` trains exactly that config. Also: the Optuna study is in the journal file."""

@@ -59,7 +59,8 @@ def run_category(plan: Plan, uri: str, category: str, base: dict, splits: Splits
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, store=store, private_cache=not options.share_features,
                              memory_gib=options.trial_memory, slots=options.max_concurrent,
-                             confirming=plan.confirming(category), cost_budget=budget(options)),
+                             confirming=plan.confirming(category), cost_budget=budget(options),
+                             gpus=options.gpus_per_trial),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
     stopper = plan.stopper()
     tuner = make_tuner(plan, uri, category, base, trainable, stopper)

@@ -7,9 +7,12 @@ epoch (prefixed ``test_``; reported, never used to select). A diverging trial re
 and a NaN ``val_score``, and ends, so it is recorded as failed and not retried; the sweep goes on.
 
 Memory: each CPU trial's process may allocate at most its share of the node's memory (``memory_budget``: a data
-segment limit, ``RLIMIT_DATA``, over what the process holds when the trial starts, ``data_in_use``; GPU trials are left unlimited: CUDA maps large private regions of its own). A config too large for it (a wide, deep flow at a large image size) fails
-its first allocation beyond the share: the trial reports ``out_of_memory`` and ends as an error with the
-reason, and the sweep goes on. Without the limit the node ran out of memory, Ray's memory monitor killed the
+segment limit, ``RLIMIT_DATA``, over what the process holds when the trial starts, ``data_in_use``; GPU trials are left unlimited: CUDA maps large private regions of its own). A GPU trial with a fraction of a GPU
+(``--gpus-per-trial 0.25``) may allocate that fraction of the GPU's memory (``gpu_memory_share``), so that the
+trials sharing a card cannot starve each other. A config too large for its share (a wide, deep flow at a large
+image size) fails its first allocation beyond it: the trial reports ``out_of_memory`` and ends as an error with the
+reason, and the sweep goes on. Its peak GPU memory is reported with every epoch (``gpu_peak_bytes``,
+``gpu_reserved_bytes``). Without the limit the node ran out of memory, Ray's memory monitor killed the
 trial and Ray Tune (2.60) ended the whole sweep on that kill ("Caught unexpected exception").
 
 The prepared data (features, validation set, decoded test split, the frozen extractor with its weights; the
@@ -37,6 +40,7 @@ from ray import tune
 from ssnf.config import to_dict
 from ssnf.data.layouts import load_index
 from ssnf.data.splits import make_splits
+from ssnf.devices import cuda_memory
 from ssnf.evaluate import evaluate
 from ssnf.files import atomic_path
 from ssnf.paths import FEATURES_ENV
@@ -78,7 +82,30 @@ def data_in_use() -> int:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    """The host's allocation refused (``RLIMIT_DATA``), or CUDA's (the GPU share, or the card full)."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                            and ("can't allocate memory" in text or "CUDA out of memory" in text))
+
+
+def gpu_memory_share(gpus: float) -> None:
+    """A GPU trial's memory: with a fraction of a GPU (``0 < gpus < 1``), torch's allocator may take at most that
+    fraction of the card's memory (the trial's process sees one card: Ray sets ``CUDA_VISIBLE_DEVICES``); the
+    peak counters start from zero for this trial (a reused worker process ran others before)."""
+    import torch
+
+    if 0 < gpus < 1:
+        torch.cuda.set_per_process_memory_fraction(gpus)
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _memory_failure(exc: BaseException, share: int, gpus: float, device: str) -> str:
+    """Why an out-of-memory trial ended: its host share (``--trial-memory``) or its GPU share (``--gpus-per-trial``)."""
+    first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    if device == "cuda":
+        return f"out of GPU memory: the trial needs more than its share of the GPU ({gpus:g}, --gpus-per-trial; {first})"
+    return (f"out of memory: the trial needs more than its {share / 2**30:.1f} GiB share of the node "
+            f"(--trial-memory; {first})")
 
 
 def trial_cost(cfg) -> dict:
@@ -99,12 +126,15 @@ def trial_cost(cfg) -> dict:
 
 def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
               confirming: dict | None = None, memory_gib: float = 0.0, slots: int = 1,
-              cost_budget: dict | None = None) -> None:
+              cost_budget: dict | None = None, gpus: float = 0.0) -> None:
     """One trial; ``store``: the category's ``FeatureStore`` actor (None: the trial prepares its own data);
     ``memory_gib``/``slots``: its memory budget (``memory_budget``); ``cost_budget``: its cost bounds
-    (``ssnf.tune.search.BUDGETS``): over them it ends before training, as infeasible."""
+    (``ssnf.tune.search.BUDGETS``): over them it ends before training, as infeasible; ``gpus``: its GPUs
+    (``--gpus-per-trial``; a fraction caps its GPU memory: ``gpu_memory_share``)."""
     cfg = trial_config(base, config, confirming)
     where = placement()
+    if cfg.train.device == "cuda":
+        gpu_memory_share(gpus)
     # the trials that can run at once on this node: the sweep's concurrency, at most the node's CPUs' worth
     share = memory_budget(memory_gib, min(slots, max(1, (os.cpu_count() or 1) // max(1, cfg.train.threads))))
     saved_limit = resource.getrlimit(resource.RLIMIT_DATA)
@@ -122,8 +152,8 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
         except (MemoryError, RuntimeError) as exc:
             if not _out_of_memory(exc):
                 raise
-            end_trial("out_of_memory", f"out of memory measuring its cost: the detector needs more than the trial's "
-                      f"{share / 2**30:.1f} GiB share of the node (--trial-memory)", where, saved_limit)
+            end_trial("out_of_memory", f"measuring its cost, {_memory_failure(exc, share, gpus, cfg.train.device)}",
+                      where, saved_limit)
             return
         violation = budget_violation(where, cost_budget or {})
         if violation > 0:
@@ -132,7 +162,7 @@ def run_trial(config: dict, base: dict, store=None, private_cache: bool = False,
                       f"batch 1, {where['cost_gflops']:.2f} GFLOP/image", where, saved_limit, cost_violation=violation)
             return
         data, bank = fetch_data(store, cfg, where)
-        train_trial(cfg, where, data, bank, private_cache, share, saved_limit)
+        train_trial(cfg, where, data, bank, private_cache, share, saved_limit, gpus)
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
         release_memory()
@@ -144,7 +174,7 @@ def end_trial(key: str, failure: str, where: dict, saved_limit: tuple[int, int],
     cut-offs ignore it). It then ends normally, so ``FailureConfig`` does not retry it. The memory limit is
     lifted first: room to report."""
     resource.setrlimit(resource.RLIMIT_DATA, saved_limit)
-    tune.report({key: 1.0, "failure": failure, "val_score": float("nan"), **extra, **where})
+    tune.report({key: 1.0, "failure": failure, "val_score": float("nan"), **extra, **where, **cuda_memory("cuda")})
 
 
 def fetch_data(store, cfg, where: dict) -> tuple[PreparedData | None, object]:
@@ -162,7 +192,7 @@ def fetch_data(store, cfg, where: dict) -> tuple[PreparedData | None, object]:
 
 
 def train_trial(cfg, where: dict, data: PreparedData | None, bank, private_cache: bool, share: int,
-                saved_limit: tuple[int, int]) -> None:
+                saved_limit: tuple[int, int], gpus: float = 0.0) -> None:
     """Trains the trial (from ``tune.get_checkpoint()`` where Tune restores it), reporting every epoch; a
     diverging or out-of-memory run ends it (``end_trial``)."""
     work = Path(tempfile.mkdtemp(prefix="ssnf-trial-"))
@@ -180,8 +210,7 @@ def train_trial(cfg, where: dict, data: PreparedData | None, bank, private_cache
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
             raise
-        end_trial("out_of_memory", f"out of memory: the trial needs more than its {share / 2**30:.1f} GiB share of "
-                  f"the node (--trial-memory; {str(exc).splitlines()[0][:160]})", where, saved_limit)
+        end_trial("out_of_memory", _memory_failure(exc, share, gpus, cfg.train.device), where, saved_limit)
     finally:
         if private_cache:  # Ray reuses worker processes: leave the environment as it was
             if saved_env is None:
@@ -221,7 +250,8 @@ class EpochReporter:
         metrics = {k: float(epoch_report[k]) for k in first}
         metrics.update({k: float(v) for k, v in epoch_report.items()
                         if isinstance(v, (int, float)) and k not in metrics})
-        metrics.update(self.where, device=str(next(model.parameters()).device))
+        device = next(model.parameters()).device
+        metrics.update(self.where, device=str(device), **cuda_memory(device))  # the trial's peak GPU memory so far
         if epoch_report["epoch"] == self.cfg.train.epochs:
             metrics.update(self.test_metrics(model))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(self.ckpt_dir)))
