@@ -37,7 +37,7 @@ from ssnf.cost import Cost
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 14
 STATUSES = ("completed", "stopped", "diverged", "error", "infeasible")
 # the deployment cost measured before the first epoch (ssnf.cost.Cost): cost_params, cost_gflops, ...
 COST_COLUMNS = {f"cost_{name}": kind for name, kind in Cost.fields().items()}
