@@ -8,6 +8,7 @@
     ssnf train --data-root R --category C [--config F] [--set key=value ...] [--out DIR]
     ssnf evaluate --checkpoint DIR/checkpoint.pt [--out DIR] [--overlays N] [--set scoring.KEY=VALUE]
     ssnf predict (--checkpoint FILE | --models DIR --category C) INPUT... --out DIR [--fpr F] [--device D]
+                 [--precision fp32|bf16] [--drift auto|on|off] [--alarm-level A]
     ssnf export --checkpoint FILE --format onnx|torchscript --out FILE
     ssnf calibrate --checkpoint FILE [--normals FOLDER|GLOB ...] [--fpr F] [--pixel-fpr F] [--delta D]
 
@@ -220,7 +221,7 @@ def _predict(args: argparse.Namespace) -> int:
     check_out(Path(args.out), args.overwrite)  # before the model loads: a refused folder costs nothing
     inputs = collect_inputs(args.inputs, exclude=Path(args.out))
     detector = _detector(args)
-    drift = drift_mode(detector, args.drift)
+    drift = drift_mode(detector, args.drift, args.alarm_level)
     if detector.threshold is None:
         print(f"note: {detector.source} has no threshold (trained before thresholds were kept): scores and maps "
               "only; ssnf calibrate --checkpoint ... sets one", file=sys.stderr)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ssnf.config import MapFormat
 from ssnf.data.io import IMAGE_EXTENSIONS, open_image
-from ssnf.drift import STATS, DriftReport, check
+from ssnf.drift import LEVEL, STATS, DriftReport, check
 from ssnf.errors import SSNFError
 from ssnf.files import atomic_path
 from ssnf.evaluate import overlay
@@ -208,9 +208,11 @@ def _row(path: Path) -> dict:
     return dict.fromkeys(COLUMNS) | {"path": str(path)}
 
 
-def drift_mode(detector: Detector, mode: str) -> bool:
-    """``ssnf predict --drift auto|on|off`` -> whether to run the drift check (``on`` without the calibration
-    normals it needs: one line, before any image is scored)."""
+def drift_mode(detector: Detector, mode: str, level: float = LEVEL) -> bool:
+    """``ssnf predict --drift auto|on|off --alarm-level L`` -> whether to run the drift check (``on`` without the
+    calibration normals it needs, or a level outside (0, 1): one line, before any image is scored)."""
+    if not 0.0 < level < 1.0:
+        raise SSNFError(f"--alarm-level {level} must lie in (0, 1)")
     keeps = detector.threshold is not None and bool(detector.threshold.normal_scores)
     if mode == "on" and not keeps:
         raise SSNFError(f"--drift on: {detector.source} keeps no calibration normals to compare with: calibrate it "

@@ -236,6 +236,8 @@ def test_bad_normals_are_refused_in_one_line_and_the_checkpoint_is_left_as_it_wa
     torch.save(payload, bare)
     proc = _ssnf("predict", "--checkpoint", str(bare), good, "--out", str(tmp_path / "p"), "--drift", "on")
     assert proc.returncode == 2 and "keeps no calibration normals to compare with" in proc.stderr
+    proc = _ssnf("predict", "--checkpoint", str(ckpt), good, "--out", str(tmp_path / "p"), "--alarm-level", "2")
+    assert proc.returncode == 2 and "--alarm-level 2.0 must lie in (0, 1)" in proc.stderr
     assert not (tmp_path / "p").exists() and old.model.thresholds
 
 
