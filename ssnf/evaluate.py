@@ -56,14 +56,14 @@ def evaluate(model: SSNFModel, cfg: SSNFConfig, samples: Sequence[Sample] | Deco
     own = model.precision
     try:
         return _evaluate(Detector.from_model(model, cfg, device, batch_size, precision=precision), samples, decoded,
-                         batch_size, progress)
+                         progress)
     finally:
         model.set_precision(own)
 
 
-def _evaluate(detector: Detector, samples: list[Sample], decoded: DecodedSplit | None, batch_size: int,
+def _evaluate(detector: Detector, samples: list[Sample], decoded: DecodedSplit | None,
               progress: bool) -> Evaluation:
-    cfg = detector.cfg
+    cfg, batch_size = detector.cfg, detector.batch_size
     size = cfg.data.image_size
     scores, maps, masks = [], [], []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress, leave=False):

@@ -91,14 +91,12 @@ class Threshold:
         cfg.validate()
         value, used = image_threshold(np.asarray(self.normal_scores), np.asarray(self.anomaly_scores), cfg,
                                       self.source)
-        conformal = used == "conformal"
-        rate = pixel_rate(self.n_normals, cfg.pixel_fpr) if conformal else cfg.pixel_fpr
+        promise = _promise(self.n_normals, cfg, used)
+        rate = pixel_rate(self.n_normals, cfg.pixel_fpr) if promise["rank"] else cfg.pixel_fpr
         return dataclasses.replace(self, image=value, method=used, requested=cfg.method, fpr=cfg.fpr,
                                    pixel_fpr=cfg.pixel_fpr,
                                    pixel=self.pixel if (cfg.pixel_fpr, used) == (self.pixel_fpr, self.method)
-                                   else pixel_from_tail(self.pixel_tail, rate),
-                                   delta=cfg.delta if conformal else 0.0,
-                                   rank=conformal_rank(self.n_normals, cfg.fpr, cfg.delta) if conformal else 0)
+                                   else pixel_from_tail(self.pixel_tail, rate), **promise)
 
     def promise(self) -> str:
         """The guarantee in words ("" where the threshold makes none)."""
@@ -207,6 +205,13 @@ def check_conformal(n: int, cfg: ThresholdConfig, source: str = "calibration") -
                           "--fpr / --pixel-fpr, or pass --threshold-method auto for thresholds without a promise")
 
 
+def _promise(n: int, cfg: ThresholdConfig, used: str) -> dict:
+    """A threshold's ``delta`` and ``rank`` fields: the conformal promise's, zero where the method makes none."""
+    if used != "conformal":
+        return {"delta": 0.0, "rank": 0}
+    return {"delta": cfg.delta, "rank": conformal_rank(n, cfg.fpr, cfg.delta)}
+
+
 def image_threshold(normal: np.ndarray, anomalous: np.ndarray, cfg: ThresholdConfig,
                     source: str = "validation") -> tuple[float, str]:
     """``(threshold, method used)`` for the normals' image scores ``normal`` under ``cfg``."""
@@ -276,16 +281,16 @@ def fit_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray, normal_
     image, used = image_threshold(normal_scores, anomaly_scores, cfg, source)
     sample = np.asarray(normal_maps, np.float32).ravel()
     tail = pixel_tail(sample)
-    conformal = used == "conformal"
-    pixel = pixel_quantile(sample, pixel_rate(n, cfg.pixel_fpr)) if conformal else pixel_from_tail(tail, cfg.pixel_fpr)
+    promise = _promise(n, cfg, used)
+    pixel = (pixel_quantile(sample, pixel_rate(n, cfg.pixel_fpr)) if promise["rank"]
+             else pixel_from_tail(tail, cfg.pixel_fpr))
     stats = {k: summary(v) for k, v in (stats or {}).items()}
     return Threshold(image=image, pixel=pixel, fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr,
                      method=used, requested=cfg.method, n_normals=n, n_anomalies=len(anomaly_scores),
                      normal_scores=[float(s) for s in normal_scores],
                      anomaly_scores=[float(s) for s in anomaly_scores],
                      pixel_tail=tail, pixel_median=float(np.median(sample)), precision=precision,
-                     scoring=dict(scoring or {}), delta=cfg.delta if conformal else 0.0,
-                     rank=conformal_rank(n, cfg.fpr, cfg.delta) if conformal else 0, **stats, **about)
+                     scoring=dict(scoring or {}), **promise, **stats, **about)
 
 
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
